@@ -1,0 +1,3 @@
+from data_pipeline.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,78 @@
+"""Model registry: one module per architecture, all with the same small interface.
+
+Every architecture module (``roberta``, ``electra``, ``deberta``) defines:
+
+``Config``
+    a dataclass (one docstring per field) of the architecture's hyper-parameters,
+    including ``vocab_size`` and, for RTD models, ``rtd_weight``.
+``PRESETS: dict[str, dict]``
+    preset name -> ``Config`` keyword arguments (e.g. ``"roberta-base"``). Names are
+    unique across architectures; every module has a tiny ``<arch>-debug`` preset.
+``Model(nn.Module)``
+    the pretraining model, built as ``Model(config)``. Plain PyTorch, HF parameter names.
+
+    ``forward(input_ids, attention_mask, labels, segment_ids=None) -> dict[str, Tensor]``
+        ``input_ids``/``attention_mask``/``labels``: (B, L) int64, labels -100 where
+        nothing is predicted; ``segment_ids``: (B, L) int, when given attention is
+        restricted to equal non-zero segment ids (packed documents kept apart).
+        Returns *sums and counts, never means*, so that the objective can normalise
+        by the global count of predicted tokens across micro-batches and ranks:
+
+        - ``mlm_loss_sum`` (float), ``mlm_correct`` (int), ``mlm_count`` (int):
+          cross-entropy summed over positions with ``labels != -100`` (for RTD
+          models: the generator's MLM);
+        - RTD models also: ``rtd_loss_sum`` (BCE summed over ``attention_mask == 1``
+          positions), ``rtd_correct``, ``rtd_count``, ``replaced_count``.
+    ``mlm_logits(input_ids, attention_mask, segment_ids=None) -> (B, L, V)``
+        full-vocabulary logits (for fill-mask and parity tests; training never
+        projects unmasked positions).
+    ``config``: the ``Config`` it was built with.
+
+``param_counts(model) -> {"embedding": int, "backbone": int, "total": int}``
+``export_hf(model, out_dir)``
+    write ``config.json`` + ``model.safetensors`` loadable by the standard
+    ``transformers`` classes (RTD models: discriminator in ``out_dir``, generator in
+    ``out_dir/generator``). Tokenizer files are added by ``pretrain.export``.
+``import_hf(hf_dir, **overrides) -> Model``
+    initialise from a local HF directory (safetensors or ``torch.load(weights_only=True)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+ARCHITECTURES = {
+    "roberta": "pretrain.models.roberta",
+    "electra": "pretrain.models.electra",
+    "deberta": "pretrain.models.deberta",
+}
+
+
+def arch_module(arch: str) -> ModuleType:
+    """The module implementing ``arch`` (one of ``ARCHITECTURES``)."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+    return importlib.import_module(ARCHITECTURES[arch])
+
+
+def find_preset(name: str) -> tuple[str, dict]:
+    """(architecture, Config kwargs) of a preset name such as ``roberta-base``."""
+    for arch in ARCHITECTURES:
+        presets = arch_module(arch).PRESETS
+        if name in presets:
+            return arch, dict(presets[name])
+    known = sorted(p for a in ARCHITECTURES for p in arch_module(a).PRESETS)
+    raise ValueError(f"unknown preset {name!r}; known presets: {', '.join(known)}")
+
+
+def build_model(arch: str, preset: str | None = None, **overrides):
+    """Build ``arch``'s pretraining model from a preset plus keyword overrides (e.g. vocab_size)."""
+    mod = arch_module(arch)
+    kwargs = {}
+    if preset is not None:
+        preset_arch, kwargs = find_preset(preset)
+        if preset_arch != arch:
+            raise ValueError(f"preset {preset!r} belongs to {preset_arch!r}, not {arch!r}")
+    kwargs.update(overrides)
+    return mod.Model(mod.Config(**kwargs))
