@@ -1,0 +1,135 @@
+"""Pieces every architecture shares: attention masks, the sparse MLM/RTD loss sums,
+replacement sampling for RTD, parameter counting, and HF directory I/O.
+
+Losses are returned as *sums with counts* (see ``pretrain.models``): the objective
+divides by the global number of predicted tokens across micro-batches and ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE_INDEX = -100
+
+
+def attention_mask_for_sdpa(
+    attention_mask: torch.Tensor, segment_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Boolean mask for ``scaled_dot_product_attention`` (True = may attend).
+
+    Without ``segment_ids``: (B, 1, 1, L), padding keys masked. With ``segment_ids``
+    (packed documents): (B, 1, L, L), a query attends only to keys of its own non-zero
+    segment. Every query row keeps at least one key (itself when it is padding) so that
+    fully padded rows never produce NaNs.
+    """
+    keys = attention_mask.bool()
+    if segment_ids is None:
+        mask = keys[:, None, None, :]
+        # A row with no real token at all would softmax over nothing: let it see itself.
+        empty = ~keys.any(dim=1)
+        if empty.any():
+            mask = mask.clone()
+            mask[empty, :, :, 0] = True
+        return mask
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, L, L)
+    mask = same & keys[:, None, :]
+    eye = torch.eye(mask.shape[-1], dtype=torch.bool, device=mask.device)
+    mask = mask | (eye & ~keys[:, :, None])  # padding queries attend to themselves only
+    return mask[:, None]
+
+
+def gather_predicted(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, H) hidden states and (N,) targets at the positions with a label.
+
+    The MLM head then projects only these N rows onto the vocabulary (cramming's
+    sparse prediction): with 15 % masking that is ~7x less head compute and memory.
+    """
+    flat = labels.reshape(-1)
+    idx = (flat != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx), flat.index_select(0, idx)
+
+
+def mlm_sums(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Summed cross-entropy, number correct and count over predicted positions."""
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+    correct = (logits.argmax(-1) == targets).sum()
+    return {"mlm_loss_sum": loss, "mlm_correct": correct, "mlm_count": targets.new_tensor(targets.numel())}
+
+
+def rtd_sums(
+    logits: torch.Tensor, is_replaced: torch.Tensor, attention_mask: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Replaced-token-detection BCE summed over real (non-padding) tokens, plus counts."""
+    real = attention_mask.bool()
+    target = is_replaced.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target.float(), reduction="none")
+    correct = ((logits > 0) == is_replaced.bool()) & real
+    return {
+        "rtd_loss_sum": (bce * real).sum(),
+        "rtd_correct": correct.sum(),
+        "rtd_count": real.sum(),
+        "replaced_count": (is_replaced.bool() & real).sum(),
+    }
+
+
+@torch.no_grad()
+def sample_replacements(logits: torch.Tensor) -> torch.Tensor:
+    """Sample one token per row of (N, V) generator logits (no gradient through sampling).
+
+    Uses the Gumbel-max trick with torch's global RNG, so it is reproducible whenever
+    the RNG state is (the trainer checkpoints it).
+    """
+    u = torch.rand(logits.shape, device=logits.device, dtype=torch.float32)
+    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    return (logits.float() + gumbel).argmax(-1)
+
+
+def count_params(module: nn.Module) -> int:
+    """Unique parameters (tied weights counted once)."""
+    seen, n = set(), 0
+    for p in module.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            n += p.numel()
+    return n
+
+
+# ----------------------------------------------------------------------------- HF directories
+
+
+def save_hf_dir(out_dir: str | os.PathLike, hf_config: dict, state_dict: dict[str, torch.Tensor]) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (tensors made contiguous and unshared)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+
+
+def load_hf_dir(hf_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config dict, state dict) of a local HF model directory, never executing pickled code.
+
+    Prefers ``model.safetensors``; falls back to ``pytorch_model.bin`` through
+    ``torch.load(weights_only=True)``, which refuses anything but tensors and containers.
+    """
+    d = Path(hf_dir)
+    cfg_path = d / "config.json"
+    if not cfg_path.is_file():
+        raise ValueError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
+    config = json.loads(cfg_path.read_text())
+    if (d / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        return config, load_file(str(d / "model.safetensors"))
+    if (d / "pytorch_model.bin").is_file():
+        state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        return config, state
+    raise ValueError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")
