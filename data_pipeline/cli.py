@@ -13,11 +13,20 @@ import importlib
 import sys
 
 COMMANDS = {
-    "sample-corpus": ("data_pipeline.sample_corpus", "write the built-in sample corpus (no download)"),
-    "train-tokenizer": ("data_pipeline.tokenizer_cli", "train a byte-level BPE tokenizer"),
+    "sample-corpus": (
+        "data_pipeline.sample_corpus",
+        "write the built-in sample corpus (no download)",
+    ),
+    "train-tokenizer": (
+        "data_pipeline.tokenizer_cli",
+        "train a tokenizer (sentencepiece BPE with byte fallback, or byte-level BPE)",
+    ),
     "preprocess": ("data_pipeline.preprocess", "tokenize a corpus into webdataset shards"),
     "inspect": ("data_pipeline.inspect", "totals, per-shard counts, checksums, decoded samples"),
-    "sample-batches": ("data_pipeline.sample_batches", "dump masked batches exactly as training sees them"),
+    "sample-batches": (
+        "data_pipeline.sample_batches",
+        "dump masked batches exactly as training sees them",
+    ),
 }
 
 
@@ -44,4 +53,6 @@ def dispatch(prog: str, description: str, commands: dict, argv: list[str] | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch("python -m data_pipeline", "Corpus -> tokenizer -> shards -> batches.", COMMANDS, argv)
+    return dispatch(
+        "python -m data_pipeline", "Corpus -> tokenizer -> shards -> batches.", COMMANDS, argv
+    )

@@ -9,7 +9,10 @@ from __future__ import annotations
 from data_pipeline.cli import dispatch
 
 COMMANDS = {
-    "train": ("pretrain.train_cli", "train (one rank; launched by deepspeed/torchrun/mpirun for many)"),
+    "train": (
+        "pretrain.train_cli",
+        "train (one rank; launched by deepspeed/torchrun/mpirun for many)",
+    ),
     "export": ("pretrain.export", "write a run's model as a Hugging Face transformers directory"),
     "fill-mask": ("pretrain.fill_mask", "top-k predictions for <mask> from a run or HF directory"),
     "params": ("pretrain.params", "parameter counts of a preset (embedding / backbone / total)"),

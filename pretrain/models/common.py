@@ -44,7 +44,9 @@ def attention_mask_for_sdpa(
     return mask[:, None]
 
 
-def gather_predicted(hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gather_predicted(
+    hidden: torch.Tensor, labels: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, H) hidden states and (N,) targets at the positions with a label.
 
     The MLM head then projects only these N rows onto the vocabulary (cramming's
@@ -59,7 +61,11 @@ def mlm_sums(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Ten
     """Summed cross-entropy, number correct and count over predicted positions."""
     loss = F.cross_entropy(logits.float(), targets, reduction="sum")
     correct = (logits.argmax(-1) == targets).sum()
-    return {"mlm_loss_sum": loss, "mlm_correct": correct, "mlm_count": targets.new_tensor(targets.numel())}
+    return {
+        "mlm_loss_sum": loss,
+        "mlm_correct": correct,
+        "mlm_count": targets.new_tensor(targets.numel()),
+    }
 
 
 def rtd_sums(
@@ -86,8 +92,26 @@ def sample_replacements(logits: torch.Tensor) -> torch.Tensor:
     the RNG state is (the trainer checkpoints it).
     """
     u = torch.rand(logits.shape, device=logits.device, dtype=torch.float32)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
+    # Parenthesised: ``-x.clamp_min`` would clamp before negating and give log(<0) = NaN.
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
     return (logits.float() + gumbel).argmax(-1)
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT/HF/microsoft initialisation: N(0, std) linears and embeddings, zero biases and
+    padding rows, unit LayerNorms. Use as ``model.apply(lambda m: init_weights(m, std))``."""
+    if isinstance(module, nn.Linear):
+        module.weight.normal_(0.0, std)
+        if module.bias is not None:
+            module.bias.zero_()
+    elif isinstance(module, nn.Embedding):
+        module.weight.normal_(0.0, std)
+        if module.padding_idx is not None:
+            module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        module.weight.fill_(1.0)
+        module.bias.zero_()
 
 
 def count_params(module: nn.Module) -> int:
@@ -103,7 +127,9 @@ def count_params(module: nn.Module) -> int:
 # ----------------------------------------------------------------------------- HF directories
 
 
-def save_hf_dir(out_dir: str | os.PathLike, hf_config: dict, state_dict: dict[str, torch.Tensor]) -> None:
+def save_hf_dir(
+    out_dir: str | os.PathLike, hf_config: dict, state_dict: dict[str, torch.Tensor]
+) -> None:
     """Write ``config.json`` and ``model.safetensors`` (tensors made contiguous and unshared)."""
     from safetensors.torch import save_file
 

@@ -1,0 +1,106 @@
+"""``python -m pretrain fill-mask``: what a model predicts for each ``<mask>`` in a text.
+
+Works on a run directory (latest checkpoint, through ``pretrain.checkpoint``) or an HF
+directory written by ``export`` (weights through the architecture's ``import_hf``, tokenizer
+from the same directory through ``data_pipeline.tokenizer.Tokenizer``). ``<mask>`` is
+accepted for every tokenizer family and mapped to the tokenizer's own mask token (e.g.
+``[MASK]``). Scores are the softmax over the full vocabulary at each masked position, as
+HF's ``pipeline("fill-mask")`` computes them; RTD models use their generator.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_pipeline.cli import CommandError
+from pretrain.export import hf_arch, load_model_dir
+
+MASK = "<mask>"
+
+
+@torch.no_grad()
+def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[list[dict]]:
+    """For each mask in ``text`` (left to right): the ``top_k`` predictions as
+    ``{"token_id", "token", "score"}``, best first."""
+    mask_token = tokenizer.id_to_token(tokenizer.mask_id)
+    if mask_token != MASK:
+        text = text.replace(MASK, mask_token)
+    ids = torch.as_tensor(list(tokenizer.encode_for_model(text)), dtype=torch.long)[None]  # (1, T)
+    positions = (ids[0] == tokenizer.mask_id).nonzero(as_tuple=True)[0]
+    if positions.numel() == 0:
+        raise CommandError(f"no {MASK} (or {mask_token}) in the text")
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        ids = ids.to(device)
+        logits = model.mlm_logits(ids, torch.ones_like(ids))[0, positions]  # (M, V)
+    except ValueError as e:  # e.g. text longer than the model's positions
+        raise CommandError(str(e)) from e
+    finally:
+        model.train(was_training)
+    probs = logits.float().softmax(-1)
+    top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+    return [
+        [
+            {"token_id": int(i), "token": tokenizer.decode([int(i)]), "score": float(s)}
+            for s, i in zip(scores.tolist(), idx.tolist(), strict=True)
+        ]
+        for scores, idx in zip(top.values, top.indices, strict=True)
+    ]
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="run directory or HF directory written by `export`",
+    )
+    parser.add_argument("--top-k", type=int, default=5, metavar="K", help="predictions per mask")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="print a JSON list (one list of {token_id, token, score} per mask)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("text", help=f"text containing one or more {MASK}")
+
+
+def main(args) -> int:
+    if args.top_k < 1:
+        raise CommandError("--top-k must be >= 1")
+    path = Path(args.model)
+    if (
+        (path / "config.json").is_file()
+        and hf_arch(path) == "electra"
+        and not (path / "generator" / "config.json").is_file()
+    ):
+        raise CommandError(
+            f"{path}: an ELECTRA discriminator without generator/; fill-mask "
+            "needs the generator (ElectraForMaskedLM), as `export` writes it"
+        )
+    model, tokenizer_dir = load_model_dir(path)
+    from data_pipeline.tokenizer import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.load(tokenizer_dir)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"{tokenizer_dir}: cannot load the tokenizer ({e})") from e
+    try:
+        model = model.to(torch.device(args.device))
+    except (RuntimeError, AssertionError) as e:
+        raise CommandError(f"--device {args.device}: {e}") from e
+    results = fill_mask(model, tokenizer, args.text, args.top_k)
+    if args.json:
+        print(json.dumps(results, ensure_ascii=False))
+        return 0
+    for n, preds in enumerate(results, 1):
+        print(f"mask {n}:")
+        for p in preds:
+            print(f"  {p['score']:.4f}  {p['token']!r}  (id {p['token_id']})")
+    return 0

@@ -1,0 +1,380 @@
+"""DeBERTa-v3 (He et al., 2021): disentangled attention, EMD, and RTD with GDES.
+
+Parameter names are those of HF ``DebertaV2ForMaskedLM`` with ``legacy=False``
+(``deberta.embeddings.word_embeddings``, ``deberta.encoder.layer.N.attention.self.query_proj``,
+``deberta.encoder.rel_embeddings``, ``deberta.encoder.LayerNorm``,
+``lm_predictions.lm_head.{dense,LayerNorm,bias}``: microsoft/DeBERTa's own names). Only the
+v3 architecture is built: relative attention with c2p + p2c terms, log buckets,
+``share_att_key``, LayerNorm-ed relative embeddings, no absolute positions in the input, no
+token types, scale sqrt(3 d). Differences from HF ``modeling_deberta_v2``:
+
+- ``forward`` returns loss *sums* with counts and decodes only the predicted positions;
+  ``segment_ids`` (packed documents) keep attention inside a document (see
+  ``deberta_attention``; relative positions need no reset, EMD positions restart per document);
+- ``attention_impl="flex"`` runs the relative terms inside FlexAttention (``deberta_attention``);
+- optional enhanced mask decoder (``emd``), as microsoft/DeBERTa's ``EnhancedMaskDecoder``:
+  absolute position embeddings (``deberta.embeddings.position_embeddings``, their name) added
+  to the input of the last layer, which is re-applied ``EMD_REPEATS`` = 2 times with those
+  queries against the unchanged keys/values; here only for the predicted positions. HF has
+  no EMD: an exported model is encoder + head, i.e. ``mlm_logits(..., emd=False)``;
+- ``objective="rtd"``: microsoft/DeBERTa's ``RTDModel`` with ``embedding_sharing="gdes"`` in
+  one module: a generator (``generator.*``, an MLM model of the same width, half the depth),
+  a discriminator (``deberta.*``) whose token embedding is stop_gradient(generator embedding)
+  + ``deberta.embeddings.word_embeddings_delta`` (zero-initialised), and their RTD head
+  ``mask_predictions`` (LayerNorm(h + h[first token of the document]) -> dense -> GELU ->
+  classifier). Both losses come from one forward pass, for the objective to combine
+  (microsoft's ``decoupled_training=False``; their default steps G and D separately).
+  Replacement labels follow microsoft/ELECTRA: a sampled token equal to the original is
+  "not replaced". Their code's default RTD weight is 10 (``--rtd_lambda``); ours is 50, as
+  ELECTRA (``Config.rtd_weight``).
+
+``param_counts``: *embedding* = the token-embedding matrix (vocab x hidden) of the encoder
+that ships (the discriminator for RTD); *backbone* = the rest of that encoder (HF
+``DebertaV2Model``: embedding LayerNorm, layers, relative embeddings and their LayerNorm;
+model cards also quote backbone without the embedding matrix); *total* = every trainable
+parameter of the pretraining model (heads, EMD position table, generator and GDES delta).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, replace
+
+import torch
+from torch import nn
+
+from pretrain.models.common import (
+    IGNORE_INDEX,
+    count_params,
+    gather_predicted,
+    init_weights,
+    mlm_sums,
+    rtd_sums,
+    sample_replacements,
+)
+from pretrain.models.deberta_attention import build_context, relative_index
+from pretrain.models.deberta_layers import (
+    DebertaModel,
+    LMPredictions,
+    MaskedLM,
+    RTDHead,
+)
+
+EMD_REPEATS = 2  # microsoft/DeBERTa EnhancedMaskDecoder: the last layer is applied twice
+EMD_QUERY_MULTIPLE = 64  # EMD query counts are padded to a multiple: few distinct shapes
+
+
+@dataclass
+class Config:
+    vocab_size: int = 128100
+    """Rows of the token embedding (the tokenizer's vocabulary size; 128,100 for v3's spm)."""
+    hidden_size: int = 768
+    """Width of the residual stream."""
+    num_hidden_layers: int = 12
+    """Transformer blocks of the encoder (the discriminator for RTD)."""
+    num_attention_heads: int = 12
+    """Attention heads per block (hidden_size must be divisible by it)."""
+    intermediate_size: int = 3072
+    """Inner width of the feed-forward network."""
+    max_position_embeddings: int = 512
+    """Longest sequence the EMD position table covers; the default relative range."""
+    hidden_dropout_prob: float = 0.1
+    """Dropout on embeddings, residual branches and the relative embeddings."""
+    attention_probs_dropout_prob: float = 0.1
+    """Dropout on attention probabilities (the flex path cannot apply it)."""
+    layer_norm_eps: float = 1e-7
+    """LayerNorm epsilon (DeBERTa-v3: 1e-7)."""
+    initializer_range: float = 0.02
+    """Std of the normal initialisation of weights."""
+    pad_token_id: int = 0
+    """Padding id ([PAD] is 0 in DeBERTa-v3's vocabulary); its embedding row stays zero."""
+    position_buckets: int = 256
+    """Log buckets on each side for relative positions (DeBERTa-v3: 256); <= 0 disables."""
+    max_relative_positions: int = -1
+    """Largest relative distance told apart; -1 = max_position_embeddings (v3 configs: -1)."""
+    emd: bool = False
+    """Enhanced mask decoder before the MLM head (microsoft/DeBERTa); not part of HF exports."""
+    objective: str = "rtd"
+    """"rtd": generator MLM + discriminator replaced-token detection (DeBERTa-v3); "mlm"."""
+    attention_impl: str = "plain"
+    """"plain" (PyTorch, anywhere), "flex" (FlexAttention; needs attention dropout 0, CUDA
+    to train), "auto" (flex on CUDA when no attention dropout applies, plain otherwise)."""
+    rtd_weight: float = 50.0
+    """Weight of the discriminator loss (ELECTRA: 50; microsoft/DeBERTa's code default: 10)."""
+    generator_hidden_size: int | None = None
+    """Generator width; None = hidden_size (GDES shares the embedding, so it must be equal)."""
+    generator_num_hidden_layers: int | None = None
+    """Generator depth; None = num_hidden_layers // 2 (DeBERTa-v3: half the discriminator)."""
+    generator_num_attention_heads: int | None = None
+    """Generator heads; None = num_attention_heads."""
+    generator_intermediate_size: int | None = None
+    """Generator FFN width; None = intermediate_size."""
+
+    def __post_init__(self):
+        if self.generator_hidden_size is None:
+            self.generator_hidden_size = self.hidden_size
+        if self.generator_num_hidden_layers is None:
+            self.generator_num_hidden_layers = max(1, self.num_hidden_layers // 2)
+        if self.generator_num_attention_heads is None:
+            self.generator_num_attention_heads = self.num_attention_heads
+        if self.generator_intermediate_size is None:
+            self.generator_intermediate_size = self.intermediate_size
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "max_position_embeddings",
+            "generator_hidden_size",
+            "generator_num_hidden_layers",
+            "generator_num_attention_heads",
+            "generator_intermediate_size",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"deberta config: {name} must be >= 1, got {getattr(self, name)}")
+        for w, h in (
+            ("hidden_size", "num_attention_heads"),
+            ("generator_hidden_size", "generator_num_attention_heads"),
+        ):
+            if getattr(self, w) % getattr(self, h):
+                raise ValueError(
+                    f"deberta config: {w} {getattr(self, w)} is not divisible by "
+                    f"{h} {getattr(self, h)}"
+                )
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"deberta config: {name} must be in [0, 1)")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"deberta config: pad_token_id {self.pad_token_id} is outside the vocabulary"
+            )
+        if self.position_buckets > 0 and not (
+            self.position_buckets >= 4 and self.relative_range > self.position_buckets // 2 + 1
+        ):
+            raise ValueError(
+                f"deberta config: position_buckets {self.position_buckets} needs "
+                f">= 4 and max_relative_positions > position_buckets // 2 + 1"
+            )
+        if self.objective not in ("mlm", "rtd"):
+            raise ValueError(
+                f"deberta config: objective must be 'mlm' or 'rtd', got {self.objective!r}"
+            )
+        if self.attention_impl not in ("plain", "flex", "auto"):
+            raise ValueError(
+                "deberta config: attention_impl must be 'plain', 'flex' or 'auto', "
+                f"got {self.attention_impl!r}"
+            )
+        if self.attention_impl == "flex" and self.attention_probs_dropout_prob > 0:
+            raise ValueError(
+                "deberta config: attention_impl='flex' cannot apply attention "
+                "dropout; set attention_probs_dropout_prob=0 or use 'auto'/'plain'"
+            )
+        if self.objective == "rtd" and self.generator_hidden_size != self.hidden_size:
+            raise ValueError(
+                "deberta config: GDES shares the token embedding, so "
+                "generator_hidden_size must equal hidden_size"
+            )
+        if self.rtd_weight < 0:
+            raise ValueError(f"deberta config: rtd_weight must be >= 0, got {self.rtd_weight}")
+
+    @property
+    def relative_range(self) -> int:
+        """Effective max_relative_positions (HF: values < 1 mean max_position_embeddings)."""
+        if self.max_relative_positions >= 1:
+            return self.max_relative_positions
+        return self.max_position_embeddings
+
+    def generator_config(self) -> Config:
+        """The RTD generator's own config (an MLM model, with this config's EMD setting)."""
+        return Config(
+            **{
+                **self.__dict__,
+                "objective": "mlm",
+                "hidden_size": self.generator_hidden_size,
+                "num_hidden_layers": self.generator_num_hidden_layers,
+                "num_attention_heads": self.generator_num_attention_heads,
+                "intermediate_size": self.generator_intermediate_size,
+            }
+        )
+
+
+# Official configs of microsoft/deberta-v3-* (generator depth from microsoft/DeBERTa's
+# experiments/language_model/rtd_*.json). Counts with vocab 128,100: see param_counts.
+PRESETS = {
+    # Tiny, for tests and the CPU smoke run; vocab_size comes from the tokenizer.
+    "deberta-debug": dict(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=128,
+        position_buckets=32,
+    ),
+    "deberta-v3-xsmall": dict(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536
+    ),  # generator: 6 layers
+    "deberta-v3-small": dict(
+        hidden_size=768, num_hidden_layers=6, num_attention_heads=12, intermediate_size=3072
+    ),  # generator: 3 layers
+    "deberta-v3-base": dict(),  # generator: 6 layers
+    "deberta-v3-large": dict(
+        hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
+    ),  # generator: 12 layers
+}
+
+
+class Model(nn.Module):
+    """MLM model (``deberta``, ``lm_predictions``) or RTD model (``generator``, ``deberta``,
+    ``mask_predictions``), chosen by ``config.objective``."""
+
+    def __init__(self, config: Config):
+        super().__init__()
+        self.config = config
+        if config.objective == "mlm":
+            self.deberta = DebertaModel(config)
+            self.lm_predictions = LMPredictions(config)
+        else:
+            self.generator = MaskedLM(config.generator_config())
+            # The discriminator has no EMD and no token table of its own (GDES).
+            self.deberta = DebertaModel(replace(config, emd=False), own_words=False)
+            self.mask_predictions = RTDHead(config)
+        self.apply(lambda m: init_weights(m, config.initializer_range))
+
+    @property
+    def mlm_part(self) -> nn.Module:
+        """The module holding the MLM ``deberta`` + ``lm_predictions`` (self or the generator)."""
+        return self if self.config.objective == "mlm" else self.generator
+
+    def forward(self, input_ids, attention_mask, labels, segment_ids=None) -> dict:
+        ctx = self._context(input_ids, attention_mask, segment_ids)
+        h, targets = self._mlm_hidden(input_ids, attention_mask, segment_ids, ctx, labels)
+        gen = self.mlm_part
+        words = gen.deberta.embeddings.word_embeddings.weight
+        logits = gen.lm_predictions.lm_head(h, words)  # (N, V): predicted positions only
+        out = mlm_sums(logits, targets)
+        if self.config.objective == "mlm":
+            return out
+        # Replace every predicted position by a sample of the generator (no gradient).
+        predicted = (labels.reshape(-1) != IGNORE_INDEX).nonzero(as_tuple=True)[0]  # (N,)
+        sampled = sample_replacements(logits)  # (N,), same order as ``predicted``
+        disc_ids = input_ids.reshape(-1).scatter(0, predicted, sampled).view_as(input_ids)
+        original = torch.where(labels != IGNORE_INDEX, labels, input_ids)
+        h = self.deberta(disc_ids, attention_mask, ctx, shared=words)  # (B, T, C)
+        first = _document_first(segment_ids, h.shape[1], h.device)  # (B|1, T)
+        first_h = h.gather(1, first.expand(h.shape[0], -1)[..., None].expand_as(h))
+        rtd_logits = self.mask_predictions(h, first_h)  # (B, T)
+        out.update(rtd_sums(rtd_logits, disc_ids != original, attention_mask))
+        return out
+
+    def mlm_logits(self, input_ids, attention_mask, segment_ids=None, *, emd=None) -> torch.Tensor:
+        """(B, T, V) logits of the (generator's) MLM head; ``emd=False``: as HF exports compute."""
+        ctx = self._context(input_ids, attention_mask, segment_ids)
+        h, _ = self._mlm_hidden(input_ids, attention_mask, segment_ids, ctx, None, emd)
+        gen = self.mlm_part
+        return gen.lm_predictions.lm_head(h, gen.deberta.embeddings.word_embeddings.weight)
+
+    def encode(self, input_ids, attention_mask, segment_ids=None) -> torch.Tensor:
+        """(B, T, C) last hidden states of the encoder that ships (HF ``DebertaV2Model``): the
+        MLM encoder, or the discriminator for RTD (whose input is then the unmodified text)."""
+        ctx = self._context(input_ids, attention_mask, segment_ids)
+        shared = None
+        if self.config.objective == "rtd":
+            shared = self.generator.deberta.embeddings.word_embeddings.weight
+        return self.deberta(input_ids, attention_mask, ctx, shared=shared)
+
+    def _context(self, input_ids, attention_mask, segment_ids):
+        c = self.config
+        flex = c.attention_impl == "flex" or (
+            c.attention_impl == "auto"
+            and input_ids.is_cuda
+            and not (self.training and c.attention_probs_dropout_prob > 0)
+        )
+        rel = relative_index(
+            input_ids.shape[1], c.position_buckets, c.relative_range, input_ids.device
+        )
+        return build_context(rel, attention_mask.bool(), segment_ids, flex)
+
+    def _mlm_hidden(self, input_ids, attention_mask, segment_ids, ctx, labels, emd=None):
+        """What the MLM head decodes: (N, C) states at labelled positions and their (N,)
+        targets (row-major order, as ``gather_predicted``), or (B, T, C) and None."""
+        part = self.mlm_part
+        if not (self.config.emd if emd is None else emd):
+            h = part.deberta(input_ids, attention_mask, ctx)  # (B, T, C)
+            return gather_predicted(h, labels) if labels is not None else (h, None)
+        if not self.config.emd:
+            raise ValueError("this model was built without EMD (Config.emd=False)")
+        b, t = input_ids.shape
+        if t > self.config.max_position_embeddings:
+            raise ValueError(
+                f"sequence length {t} exceeds max_position_embeddings "
+                f"{self.config.max_position_embeddings} (EMD's position table)"
+            )
+        # EMD: the last layer again, queries = its input + absolute positions, keys/values =
+        # its input; only for the positions the head decodes (microsoft does all, then drops).
+        penult = part.deberta(input_ids, attention_mask, ctx, skip_last=True)  # (B, T, C)
+        pos = torch.arange(t, device=input_ids.device)
+        pos = (pos - _document_first(segment_ids, t, input_ids.device)).expand(b, t)
+        qctx, z, valid = ctx, penult, None
+        if labels is not None:
+            qpos, valid = _predicted_queries(labels)  # (B, M) each
+            qctx = ctx.with_queries(qpos)
+            z = penult.gather(1, qpos[..., None].expand(-1, -1, penult.shape[-1]))  # (B, M, C)
+            pos = pos.gather(1, qpos)
+        z = z + part.deberta.embeddings.position_embeddings(pos)
+        last, rel = part.deberta.encoder.layer[-1], part.deberta.encoder.rel()
+        for _ in range(EMD_REPEATS):
+            z = last(penult, qctx, rel, query=z)
+        if labels is None:
+            return z, None
+        return z[valid], labels.gather(1, qpos)[valid]
+
+
+def _document_first(segment_ids, length: int, device) -> torch.Tensor:
+    """(B, T) index of each token's document start ((1, T) zeros without segment_ids)."""
+    if segment_ids is None:
+        return torch.zeros(1, length, dtype=torch.long, device=device)
+    pos = torch.arange(length, device=device)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return torch.where(starts, pos, 0).cummax(dim=1).values
+
+
+def _predicted_queries(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, M) labelled positions of each row in increasing order (padded with unlabelled
+    ones up to M, a multiple of EMD_QUERY_MULTIPLE) and (B, M) bool: really labelled."""
+    b, t = labels.shape
+    labelled = labels != IGNORE_INDEX
+    most = int(labelled.sum(1).max()) if b else 0
+    m = min(t, max(1, math.ceil(most / EMD_QUERY_MULTIPLE)) * EMD_QUERY_MULTIPLE)
+    pos = torch.arange(t, device=labels.device)
+    qpos = torch.argsort(torch.where(labelled, pos, pos + t), dim=1)[:, :m]
+    return qpos, labelled.gather(1, qpos)
+
+
+def param_counts(model: Model) -> dict[str, int]:
+    """embedding = token table (V x C) of the shipped encoder; backbone = the rest of it (HF
+    ``DebertaV2Model``); total = all parameters of the pretraining model (module docstring)."""
+    c, enc = model.config, model.deberta
+    backbone = count_params(enc.embeddings.LayerNorm) + count_params(enc.encoder)
+    return {
+        "embedding": c.vocab_size * c.hidden_size,
+        "backbone": backbone,
+        "total": count_params(model),
+    }
+
+
+def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
+    """HF directory: ``DebertaV2ForMaskedLM`` (MLM) or discriminator ``DebertaV2Model`` +
+    ``rtd_state.safetensors`` + ``generator/`` (RTD). See ``deberta_hf.export_hf``."""
+    from pretrain.models.deberta_hf import export_hf as _export
+
+    _export(model, out_dir)
+
+
+def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
+    """Model from a local HF DeBERTa-v2/v3 directory. See ``deberta_hf.import_hf``."""
+    from pretrain.models.deberta_hf import import_hf as _import
+
+    return _import(hf_dir, **overrides)

@@ -1,0 +1,175 @@
+"""DeBERTa-v3 building blocks with HF ``DebertaV2ForMaskedLM`` names (see ``deberta``).
+
+Embeddings, post-LN transformer blocks around ``DisentangledSelfAttention``, the encoder
+with its LayerNorm-ed relative embeddings, the MLM head and microsoft/DeBERTa's RTD head.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.models.deberta_attention import DisentangledSelfAttention
+
+if TYPE_CHECKING:
+    from pretrain.models.deberta import Config
+
+
+class Embeddings(nn.Module):
+    """Token embedding -> LayerNorm -> zero padding -> dropout (no absolute positions added).
+
+    ``word_embeddings`` is None in a GDES discriminator, whose table is the generator's
+    (detached) plus ``word_embeddings_delta``. ``position_embeddings`` exists only for EMD.
+    """
+
+    def __init__(self, c: Config, own_words: bool = True):
+        super().__init__()
+        self.pad_token_id = c.pad_token_id
+        if own_words:
+            self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, c.pad_token_id)
+        else:
+            self.word_embeddings = None
+            self.word_embeddings_delta = nn.Parameter(torch.zeros(c.vocab_size, c.hidden_size))
+        self.position_embeddings = (
+            nn.Embedding(c.max_position_embeddings, c.hidden_size) if c.emd else None
+        )
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def word_weight(self, shared: torch.Tensor | None = None) -> torch.Tensor:
+        """(V, C) token table; GDES: stop_gradient(generator table) + delta."""
+        if self.word_embeddings is not None:
+            return self.word_embeddings.weight
+        return shared.detach() + self.word_embeddings_delta
+
+    def forward(self, input_ids, attention_mask, shared=None) -> torch.Tensor:
+        x = F.embedding(input_ids, self.word_weight(shared), self.pad_token_id)  # (B, T, C)
+        x = self.LayerNorm(x) * attention_mask.unsqueeze(-1).to(x.dtype)  # HF zeroes padding
+        return self.dropout(x)
+
+
+class ResidualNorm(nn.Module):
+    """dense -> dropout -> LayerNorm(x + residual) (HF ``attention.output`` and ``output``)."""
+
+    def __init__(self, c: Config, d_in: int):
+        super().__init__()
+        self.dense = nn.Linear(d_in, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, x, residual):
+        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
+
+
+class Attention(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.self = DisentangledSelfAttention(
+            c.hidden_size,
+            c.num_attention_heads,
+            c.attention_probs_dropout_prob,
+            c.hidden_dropout_prob,
+        )
+        self.output = ResidualNorm(c, c.hidden_size)
+
+    def forward(self, hidden, query, rel, ctx):
+        return self.output(self.self(hidden, query, rel, ctx), query)
+
+
+class Intermediate(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.intermediate_size)
+
+    def forward(self, x):
+        return F.gelu(self.dense(x))
+
+
+class Layer(nn.Module):
+    """Post-LN block; ``query`` (B, M, C) replaces the queries (and residual) when given."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.attention = Attention(c)
+        self.intermediate = Intermediate(c)
+        self.output = ResidualNorm(c, c.intermediate_size)
+
+    def forward(self, hidden, ctx, rel, query=None):
+        a = self.attention(hidden, hidden if query is None else query, rel, ctx)  # (B, M, C)
+        return self.output(self.intermediate(a), a)
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(c) for _ in range(c.num_hidden_layers))
+        span = c.position_buckets if c.position_buckets > 0 else c.relative_range
+        self.rel_embeddings = nn.Embedding(2 * span, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)  # norm_rel_ebd
+
+    def rel(self) -> torch.Tensor:
+        return self.LayerNorm(self.rel_embeddings.weight)  # (2S, C)
+
+    def forward(self, x, ctx, skip_last: bool = False) -> torch.Tensor:
+        rel = self.rel()
+        for layer in self.layer[: len(self.layer) - int(skip_last)]:
+            x = layer(x, ctx, rel)
+        return x  # (B, T, C)
+
+
+class DebertaModel(nn.Module):
+    """HF ``DebertaV2Model``: embeddings + encoder."""
+
+    def __init__(self, c: Config, own_words: bool = True):
+        super().__init__()
+        self.embeddings = Embeddings(c, own_words)
+        self.encoder = Encoder(c)
+
+    def forward(self, input_ids, attention_mask, ctx, shared=None, skip_last=False):
+        x = self.embeddings(input_ids, attention_mask, shared)
+        return self.encoder(x, ctx, skip_last)  # (B, T, C)
+
+
+class LMHead(nn.Module):
+    """dense -> GELU -> LayerNorm -> token embedding^T + bias (HF/microsoft ``lm_head``)."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.bias = nn.Parameter(torch.zeros(c.vocab_size))
+
+    def forward(self, h, embedding):
+        return F.linear(self.LayerNorm(F.gelu(self.dense(h))), embedding, self.bias)  # (.., V)
+
+
+class LMPredictions(nn.Module):
+    def __init__(self, c: Config):
+        super().__init__()
+        self.lm_head = LMHead(c)
+
+
+class RTDHead(nn.Module):
+    """microsoft/DeBERTa ``LMMaskPredictionHead``: each token sees its document's first token."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden_size, c.hidden_size)
+        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.classifier = nn.Linear(c.hidden_size, 1)
+
+    def forward(self, h, first):
+        x = self.LayerNorm(h + first)  # (B, T, C); first: each token's document start state
+        return self.classifier(F.gelu(self.dense(x))).squeeze(-1)  # (B, T)
+
+
+class MaskedLM(nn.Module):
+    """The RTD generator: ``deberta`` + ``lm_predictions``, as HF ``DebertaV2ForMaskedLM``."""
+
+    def __init__(self, c: Config):
+        super().__init__()
+        self.deberta = DebertaModel(c)
+        self.lm_predictions = LMPredictions(c)

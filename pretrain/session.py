@@ -1,0 +1,234 @@
+"""Everything one training run is made of, built (and on resume restored) in one place.
+
+``Session(cfg, resume)`` initialises distributed training, builds the model (vocabulary
+and padding id from the shards' tokenizer), the loaders, the DeepSpeed engine, the
+objective, the checkpointer and the metrics logger, and restores a checkpoint. The loop in
+``pretrain.trainer`` only orders steps, logging, evaluation and checkpoints; the policies
+(what to log, when to save, what a non-finite step means) are in ``pretrain.policies``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_pipeline.cli import CommandError
+from data_pipeline.shards import Manifest, atomic_write_text
+from data_pipeline.stream import PretrainLoader, validation_loader
+from pretrain import engine as eng
+from pretrain.checkpoint import (
+    CHECKPOINTS,
+    UNIVERSAL,
+    Checkpointer,
+    ResumePoint,
+    find_resume,
+    model_json,
+)
+from pretrain.config import RunConfig, to_toml
+from pretrain.metrics import (
+    MetricsLogger,
+    Progress,
+    StepTimer,
+    model_flops_per_token,
+    peak_flops_per_second,
+)
+from pretrain.models import arch_module
+from pretrain.objectives import Objective
+from pretrain.optim import lr_multiplier
+from pretrain.policies import LoopPolicies, NonFiniteLossError, StopSignal, TrainState
+
+__all__ = ["NonFiniteLossError", "Session", "StopSignal", "TrainState", "build_model"]
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def is_rtd(config) -> bool:
+    """Whether a model config trains replaced-token detection (else plain MLM)."""
+    return getattr(config, "objective", "rtd") == "rtd" and hasattr(config, "rtd_weight")
+
+
+def build_model(cfg: RunConfig, tokenizer_info: dict):
+    """The model of ``cfg`` sized for the shards' tokenizer (vocab_size, pad_token_id)."""
+    mod = arch_module(cfg.model.arch)
+    names = {f.name for f in dataclasses.fields(mod.Config)}
+    kwargs = cfg.model.model_kwargs()
+    derived = {
+        "vocab_size": tokenizer_info.get("vocab_size"),
+        "pad_token_id": tokenizer_info.get("special_ids", {}).get("pad"),
+    }
+    for key, value in derived.items():
+        if key in names and key not in cfg.model.overrides and value is not None:
+            kwargs[key] = int(value)
+    if cfg.init_from:
+        model = mod.import_hf(cfg.init_from, **cfg.model.overrides)
+        vocab = derived["vocab_size"] or 0
+        if model.config.vocab_size < vocab:
+            raise CommandError(
+                f"init_from {cfg.init_from}: {model.config.vocab_size} embedding "
+                f"rows, but the shards' tokenizer has {vocab} ids"
+            )
+    else:
+        model = mod.Model(mod.Config(**kwargs))
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is not None and cfg.data.seq_len > limit:
+        raise CommandError(
+            f"data.seq_len={cfg.data.seq_len} exceeds the model's max_position_embeddings={limit}"
+        )
+    return model
+
+
+def prepare_run_dir(cfg: RunConfig, resume: str, overwrite: bool, rank: int) -> ResumePoint | None:
+    run = Path(cfg.run_dir)
+    point = find_resume(run, resume)
+    has_ckpt = any((run / CHECKPOINTS).glob("step_*")) if (run / CHECKPOINTS).is_dir() else False
+    if point is None and has_ckpt and resume == "never":
+        if not overwrite:
+            raise CommandError(
+                f"{run}: has checkpoints; --resume never refuses to mix runs "
+                "(use another run_dir, or --overwrite to delete them)"
+            )
+        if rank == 0:
+            for name in (CHECKPOINTS, "tensorboard", "hf"):
+                shutil.rmtree(run / name, ignore_errors=True)
+            for p in [*run.glob("metrics.jsonl*"), run / "summary.json"]:
+                p.unlink(missing_ok=True)
+        eng.barrier()
+    return point
+
+
+class Session(LoopPolicies):
+    def __init__(self, cfg: RunConfig, resume: str = "auto", overwrite: bool = False):
+        self.cfg = cfg
+        self.dist = d = eng.init_distributed()
+        cfg.batch.grad_accum(d.world_size)  # first: a clear error, with valid alternatives
+        point = prepare_run_dir(cfg, resume, overwrite, d.rank)
+        manifest = Manifest.load(cfg.data.shard_dir)
+        seed_all(cfg.seed)  # identical initial weights on every rank
+        model = build_model(cfg, manifest.tokenizer)
+        self.rtd = is_rtd(model.config)
+        self.model_json = model_json(cfg.model.arch, model.config)
+        G, M = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
+        self.loader = PretrainLoader(cfg.data, cfg.masking, G, M, d.rank, d.world_size)
+        self.val = None
+        ev = cfg.eval
+        if (ev.every_steps or ev.at_end or ev.at_start) and manifest.split("valid"):
+            per_batch = cfg.eval_micro_batch_size * d.world_size
+            n = cfg.eval.max_sequences
+            self.val = validation_loader(
+                cfg.data,
+                cfg.masking,
+                cfg.eval_micro_batch_size,
+                d.rank,
+                d.world_size,
+                None if n is None else -(-n // per_batch),
+            )
+        universal = self._universal(point)
+        lr_fn = lr_multiplier(
+            cfg.schedule.kind,
+            cfg.schedule.warmup_steps,
+            cfg.total_steps,
+            cfg.schedule.end_lr_ratio,
+            cfg.schedule.power,
+            cfg.schedule.decay_fraction,
+        )
+        self.engine = e = eng.Engine(model, cfg, d, lr_fn, load_universal=universal)
+        self.objective = Objective(self.rtd, getattr(model.config, "rtd_weight", 1.0))
+        config_text = to_toml(cfg)
+        self.ckpt = Checkpointer(
+            cfg.run_dir,
+            e,
+            cfg.checkpoint.keep_last,
+            {"config.toml": config_text, "model.json": self.model_json},
+            cfg.data.tokenizer_path(),
+            cfg.debug.exit_during_save_step,
+        )
+        seed_all(cfg.seed + 1 + d.rank)  # dropout / RTD sampling streams differ per rank
+        self.state = TrainState()
+        if point is not None:
+            self._check_model(point)
+            restored = self.ckpt.load(point, self.loader, universal)
+            known = {f.name for f in dataclasses.fields(TrainState)}
+            self.state = TrainState(**{k: v for k, v in restored.items() if k in known})
+        if d.rank == 0:
+            Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+            atomic_write_text(Path(cfg.run_dir) / "config.toml", config_text)
+            if cfg.checkpoint.export_hf and not cfg.data.tokenizer_path().is_dir():
+                print(
+                    f"warning: no tokenizer directory at {cfg.data.tokenizer_path()}: "
+                    "checkpoints will lack tokenizer files and the HF export is skipped "
+                    "(set data.tokenizer_dir)",
+                    flush=True,
+                )
+        self.resumed_from = point
+        if point is not None and d.rank == 0:
+            print(f"resuming from {point.tag_dir} (step {point.step})", flush=True)
+        self.logger = MetricsLogger(
+            cfg.run_dir,
+            d.rank,
+            cfg.logging.tensorboard,
+            resume_step=self.state.step if point else None,
+        )
+        self.progress = Progress(cfg.max_steps, self.state.step, d.rank, cfg.logging.progress)
+        self.timer = StepTimer()
+        self._last_save = time.monotonic()
+        self._win_tokens, self._win_time, self._win_steps = 0, 0.0, 0
+        self._flops_per_token = model_flops_per_token(
+            e.module, cfg.data.seq_len, cfg.masking.mask_prob, micro_batch_size=M
+        )
+        self._peak = cfg.logging.peak_flops or peak_flops_per_second(
+            d.device, eng.torch_dtype(e.dtype)
+        )
+
+    def _universal(self, point: ResumePoint | None) -> bool:
+        """Convert a ZeRO checkpoint saved at another world size (DeepSpeed universal format)."""
+        if point is None or int(point.marker.get("world_size", -1)) == self.dist.world_size:
+            return False
+        if int(point.marker.get("zero_stage", 0)) == 0:
+            return False  # stage 0 holds full optimizer state: loads at any world size
+        out = point.tag_dir / UNIVERSAL
+        if self.dist.rank == 0 and not (out / "zero").is_dir():
+            eng.convert_to_universal(point.tag_dir, out)
+        eng.barrier()
+        return True
+
+    def _check_model(self, point: ResumePoint) -> None:
+        saved_path = point.tag_dir / "model.json"
+        if not saved_path.is_file():
+            return
+        saved, now = json.loads(saved_path.read_text()), json.loads(self.model_json)
+        if saved != now:
+            a, b = saved.get("config", {}), now.get("config", {})
+            diff = [
+                f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+                for k in sorted({*a, *b})
+                if a.get(k) != b.get(k)
+            ]
+            if saved.get("arch") != now.get("arch"):
+                raise CommandError(
+                    f"{point.tag_dir}: a {saved.get('arch')} checkpoint; this "
+                    f"config trains {now.get('arch')}"
+                )
+            # Dropout and the like may change on resume; shapes may not (the load fails).
+            if self.dist.rank == 0:
+                print(
+                    f"note: model settings changed since the checkpoint: {'; '.join(diff)}",
+                    flush=True,
+                )
+
+    def close(self) -> None:
+        self.progress.close()
+        self.logger.close()
+        self.loader.close()
+        if self.val is not None:
+            self.val.close()

@@ -1,0 +1,140 @@
+"""Helpers for the training tests and smoke runs (no pytest imports: usable from scripts).
+
+- ``synthetic_shards`` / ``corpus_shards``: cached shard directories (random tokens; or
+  the built-in sample corpus through the real tokenizer and preprocessing commands).
+- ``debug_config``: a shipped debug config with overrides, as a ``RunConfig``.
+- ``losses``: the per-step training records of a run's ``metrics.jsonl``.
+- ``clean_env``: the environment for a child process that must not inherit this
+  process's distributed variables.
+- ``python -m pretrain.testing SPEC.json``: run several trainings one after another in the
+  same processes (under torchrun / the DeepSpeed launcher), so that a multi-rank test pays
+  the process start-up once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+_DIST_ENV = (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "LOCAL_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "CROSS_RANK",
+    "CROSS_SIZE",
+    "GROUP_RANK",
+    "ROLE_RANK",
+    "TORCHELASTIC_RUN_ID",
+    "OMP_NUM_THREADS",
+)
+
+
+def _done(d: Path) -> bool:
+    return (d / ".complete").is_file()
+
+
+def synthetic_shards(out: str | os.PathLike, vocab_size: int = 500) -> Path:
+    """Random-token shards (train: 2 x 300 documents; valid: 1 x 60), built once."""
+    from data_pipeline.synthetic import write_synthetic_shards
+
+    out = Path(out)
+    if not _done(out):
+        write_synthetic_shards(
+            out, {"train": [300, 300], "valid": [60]}, seed=0, vocab_size=vocab_size
+        )
+        (out / ".complete").write_text("")
+    return out
+
+
+def corpus_shards(out: str | os.PathLike, vocab_size: int = 2000) -> Path:
+    """The built-in sample corpus -> tokenizer -> shards (``out/shards``), built once."""
+    from data_pipeline.cli import main as data
+
+    out = Path(out)
+    shards = out / "shards"
+    if not _done(out):
+        corpus, tok = out / "corpus", out / "tokenizer"
+        steps = [
+            ["sample-corpus", str(corpus)],
+            [
+                "train-tokenizer",
+                "--input",
+                str(corpus / "train.jsonl"),
+                "--out",
+                str(tok),
+                "--vocab-size",
+                str(vocab_size),
+            ],
+            [
+                "preprocess",
+                "--input",
+                str(corpus / "train.jsonl"),
+                "--valid-input",
+                str(corpus / "valid.jsonl"),
+                "--tokenizer",
+                str(tok),
+                "--out",
+                str(shards),
+                "--shard-size",
+                "512K",
+            ],
+        ]
+        for argv in steps:
+            if data(argv) != 0:
+                raise RuntimeError(f"python -m data_pipeline {' '.join(argv)} failed")
+        (out / ".complete").write_text("")
+    return shards
+
+
+def debug_config(arch: str, shard_dir, run_dir, *overrides: str):
+    """``configs/debug-<arch>.toml`` with ``shard_dir``/``run_dir`` and dotted overrides."""
+    from pretrain.config import load_config
+
+    return load_config(
+        CONFIGS / f"debug-{arch}.toml",
+        [
+            f"data.shard_dir={json.dumps(str(shard_dir))}",
+            f"run_dir={json.dumps(str(run_dir))}",
+            *overrides,
+        ],
+    )
+
+
+def losses(run_dir: str | os.PathLike, key: str = "loss") -> dict[int, float]:
+    """{step: value} of the training records (those with ``key``) in ``metrics.jsonl``."""
+    from pretrain.metrics import read_metrics
+
+    records, _ = read_metrics(Path(run_dir) / "metrics.jsonl")
+    return {r["step"]: r[key] for r in records if key in r}
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """``os.environ`` without distributed-launch variables, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env.update(extra)
+    return env
+
+
+def run_spec(spec_path: str) -> int:
+    """Every rank: train each entry of the JSON list ``[{"config", "overrides", "resume"}]``."""
+    from pretrain import engine
+    from pretrain.config import load_config
+    from pretrain.trainer import train
+
+    for item in json.loads(Path(spec_path).read_text()):
+        cfg = load_config(item["config"], item.get("overrides", []))
+        train(cfg, resume=item.get("resume", "auto"))
+    engine.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_spec(sys.argv[1]))

@@ -1,0 +1,102 @@
+"""The training loop (one screen) and the step function.
+
+``train(cfg)`` orders step -> log -> eval -> checkpoint; ``train_step`` does one optimizer
+step: global token counts first (one all-reduce), then forward/backward over this rank's
+A micro-batches, then an agreed non-finite check and the DeepSpeed step. Setup lives in
+``pretrain.session``; logging, evaluation, checkpoint and non-finite policies in
+``pretrain.policies``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pretrain.objectives import eval_metrics, local_counts, raw_sums
+from pretrain.session import Session, StopSignal
+
+
+@dataclass
+class StepResult:
+    applied: bool  # parameters were updated
+    nonfinite: bool  # some rank's loss was non-finite
+    grad_norm: float | None
+    lr: float  # the learning rate this step used
+    tokens: int  # real tokens in the global batch
+
+
+def train_step(
+    engine, objective, batches: Sequence[dict], segments: bool, poison: bool = False
+) -> StepResult:
+    """One optimizer step over this rank's micro-batches of the global batch."""
+    counts = engine.all_reduce(local_counts(batches))  # global (N_mlm, N_tokens)
+    objective.set_step(counts, engine.grad_accum, engine.world_size)
+    finite = torch.ones((), dtype=torch.bool, device=engine.device)
+    lr = engine.lr
+    for mb in batches:
+        loss = objective.loss(engine.forward(mb, segments))
+        if poison:  # debug.poison_loss_steps: NaN loss and gradients, as a real blow-up would
+            loss = loss * float("nan")
+        finite &= torch.isfinite(loss.detach())
+        engine.backward(loss)
+    # Every rank must take the same decision, or ZeRO partitions would diverge.
+    nonfinite = bool(engine.all_reduce((~finite).to(torch.float32), op="max").item())
+    applied, grad_norm = engine.step(skip=nonfinite)
+    return StepResult(applied, nonfinite, grad_norm, lr, int(counts[1]))
+
+
+@torch.no_grad()
+def evaluate(s: Session) -> dict[str, float]:
+    """Validation loss/accuracy with fixed masks, exact over all ranks."""
+    e = s.engine
+    devices = [e.device.index or 0] if e.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # RTD sampling must not shift training RNG
+        torch.manual_seed(s.cfg.seed)
+        e.train(False)
+        sums = torch.zeros(6, dtype=torch.float64, device=e.device)
+        for mb in s.val:
+            sums += raw_sums(e.forward(mb, s.cfg.data.attend_within_document), s.rtd)
+        e.train(True)
+    return eval_metrics(e.all_reduce(sums), s.rtd, s.objective.rtd_weight)
+
+
+def _take(it: Iterator, n: int, s: Session) -> list[dict]:
+    s.timer.data_start()
+    batches = [next(it) for _ in range(n)]
+    s.timer.data_end()
+    return batches
+
+
+def train(cfg, resume: str = "auto", overwrite: bool = False) -> Session:
+    """Train ``cfg`` to ``cfg.max_steps`` (or until SIGTERM/SIGUSR1); returns the session."""
+    s = Session(cfg, resume, overwrite)
+    try:
+        with StopSignal() as stop:
+            e, step = s.engine, s.state.step
+            segments = cfg.data.attend_within_document  # keep packed documents apart
+            if s.nothing_to_train():
+                return s
+            if step == 0 and s.eval_due(0):  # eval.at_start: the untrained model
+                s.log_eval(0, evaluate(s))
+            it = iter(s.loader)
+            while step < cfg.max_steps:
+                step += 1
+                batches = _take(it, e.grad_accum, s)
+                result = train_step(e, s.objective, batches, segments, s.poisoned(step))
+                s.account(step, result)
+                if s.log_due(step):
+                    s.log(step, result)
+                if s.eval_due(step):
+                    s.log_eval(step, evaluate(s))
+                save, preempted = s.checkpoint_due(step, stop)
+                if save:
+                    s.save(step)
+                if preempted:
+                    s.finish(preempted_by=stop.name)
+                    return s
+            s.finish()
+        return s
+    finally:
+        s.close()

@@ -1,0 +1,154 @@
+"""Checkpoints: COMPLETE marker + ``latest`` written last, keep-last-K, RNG states, resume
+after a kill in the middle of a save, ``load_run_model``, ``--resume never``."""
+
+import argparse
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_pipeline.cli import CommandError
+from pretrain import checkpoint as ck
+from pretrain.testing import clean_env, debug_config, losses, synthetic_shards
+from pretrain.trainer import train
+
+TINY = [
+    "max_steps=6",
+    "data.seq_len=32",
+    "batch.global_batch_size=8",
+    "batch.micro_batch_size=4",
+    "checkpoint.every_steps=2",
+    "checkpoint.export_hf=false",
+    "eval.at_end=false",
+    "eval.every_steps=0",
+]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    return synthetic_shards(tmp_path_factory.getbasetemp() / "synthetic-shards")
+
+
+class FakeEngine:
+    """The slice of ``pretrain.engine.Engine`` the checkpointer uses, writing one file."""
+
+    rank, world_size, zero_stage = 0, 1, 0
+
+    def barrier(self):
+        pass
+
+    def save(self, root, tag, client_state):
+        (Path(root) / tag).mkdir(parents=True, exist_ok=True)
+        torch.save(client_state, Path(root) / tag / "mp_rank_00_model_states.pt")
+
+
+def test_latest_is_written_last_and_only_complete_checkpoints_count(tmp_path):
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    c = ck.Checkpointer(
+        tmp_path / "run",
+        FakeEngine(),
+        keep_last=2,
+        files={"config.toml": "x = 1\n"},
+        tokenizer_dir=tok,
+    )
+    for step in range(1, 6):
+        c.save(step, {"step": step}, {"samples_consumed": step})
+    root = tmp_path / "run" / "checkpoints"
+    assert ck.complete_tags(root) == ["step_00000004", "step_00000005"]  # keep_last=2
+    assert (root / "latest").read_text().strip() == "step_00000005"
+    tag = root / "step_00000005"
+    assert (tag / "config.toml").read_text() == "x = 1\n" and (
+        tag / "tokenizer/tokenizer.json"
+    ).exists()
+    assert json.loads((tag / "COMPLETE").read_text())["step"] == 5
+    # An interrupted save: files but no marker, and even a `latest` naming it.
+    (root / "step_00000006").mkdir()
+    (root / "step_00000006" / "mp_rank_00_model_states.pt").write_text("partial")
+    (root / "latest").write_text("step_00000006\n")
+    assert ck.latest_tag(root) == "step_00000005"
+    point = ck.find_resume(tmp_path / "run", "auto")
+    assert (point.tag, point.step) == ("step_00000005", 5)
+    assert ck.find_resume(tmp_path / "run", "never") is None
+    assert ck.find_resume(tmp_path, str(tag)).tag == "step_00000005"  # a checkpoint path
+    assert ck.find_resume(tmp_path, str(tmp_path / "run")).tag == "step_00000005"  # a run path
+    with pytest.raises(ck.RunDirError, match="no complete checkpoint"):
+        ck.find_resume(tmp_path, str(tmp_path / "tok"))
+    c.save(7, {"step": 7}, {})  # the next save removes the older incomplete debris
+    assert not (root / "step_00000006").exists()
+    assert ck.complete_tags(root) == ["step_00000005", "step_00000007"]
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    path = tmp_path / "rng.pt"
+    torch.save(ck.rng_state(), path)
+    expected = (random.random(), np.random.rand(), torch.rand(2))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ck.set_rng_state(torch.load(path, weights_only=True))
+    got = (random.random(), np.random.rand(), torch.rand(2))
+    assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
+
+
+def test_kill_during_a_save_leaves_the_previous_checkpoint_and_resume_is_exact(shards, tmp_path):
+    ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
+    ref = train(debug_config("roberta", shards, ref_dir, *TINY))
+    # A separate process hard-exits (status 137) in the middle of saving step 4.
+    cmd = [
+        sys.executable,
+        "-m",
+        "pretrain",
+        "train",
+        "--config",
+        str(ck.Path(__file__).parents[2] / "configs/debug-roberta.toml"),
+        f"data.shard_dir={shards}",
+        f"run_dir={run_dir}",
+        *TINY,
+        "debug.exit_during_save_step=4",
+    ]
+    res = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 137, res.stderr[-2000:]
+    root = run_dir / "checkpoints"
+    assert (root / "step_00000004").is_dir() and ck.read_marker(root / "step_00000004") is None
+    assert (root / "latest").read_text().strip() == "step_00000002"
+    resumed = train(debug_config("roberta", shards, run_dir, *TINY))
+    assert resumed.resumed_from.step == 2
+    assert losses(run_dir) == losses(ref_dir)  # bit for bit, steps 1..6
+    assert ck.read_marker(root / "step_00000004") is not None
+    # load_run_model: the newest checkpoint's consolidated weights = the trained model's.
+    model, tok_dir = ck.load_run_model(run_dir)
+    live = ref.engine.module.state_dict()
+    assert all(torch.equal(v, live[k]) for k, v in model.state_dict().items())
+    assert not model.training and Path(tok_dir).name == "tokenizer"
+
+
+def test_resume_never_refuses_a_run_with_checkpoints_unless_overwrite(shards, tmp_path):
+    from pretrain.train_cli import add_arguments, main
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    argv = [
+        "--config",
+        str(ck.Path(__file__).parents[2] / "configs/debug-roberta.toml"),
+        f"data.shard_dir={shards}",
+        f"run_dir={tmp_path}",
+        *TINY[1:],
+        "max_steps=3",
+        "--resume",
+        "never",
+    ]
+    assert main(parser.parse_args(argv)) == 0
+    with pytest.raises(CommandError, match="has checkpoints; --resume never refuses"):
+        main(parser.parse_args(argv))
+    (tmp_path / "checkpoints" / "step_00000002" / "marker-of-old-run").write_text("")
+    assert main(parser.parse_args([*argv, "--overwrite"])) == 0
+    assert not (tmp_path / "checkpoints" / "step_00000002" / "marker-of-old-run").exists()
+    assert ck.complete_tags(tmp_path / "checkpoints") == ["step_00000002", "step_00000003"]
+    with pytest.raises(ck.RunDirError, match="not a run directory"):
+        ck.load_run_model(tmp_path / "checkpoints")

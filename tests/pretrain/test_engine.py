@@ -1,0 +1,225 @@
+"""DeepSpeed config generation, optimizers (LAMB reference), schedules, loss normalisation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain import engine as eng
+from pretrain.config import load_config
+from pretrain.config_io import ConfigError
+from pretrain.models import build_model
+from pretrain.objectives import Objective, local_counts
+from pretrain.optim import AdamW, Lamb, lr_multiplier, param_groups
+
+BASE = ["data.shard_dir=/tmp/shards", "run_dir=/tmp/run"]
+
+
+def cfg_with(*overrides):
+    return load_config(None, [*BASE, *overrides])
+
+
+def test_deepspeed_config_is_generated_from_the_typed_config():
+    c = cfg_with(
+        "batch.global_batch_size=8192",
+        "batch.micro_batch_size=32",
+        "zero.stage=3",
+        "zero.offload_optimizer=cpu",
+        "zero.offload_param=cpu",
+        "optimizer.grad_clip=0.5",
+        "deepspeed.zero_optimization.stage3_max_live_parameters=1000",
+        "deepspeed.flops_profiler.enabled=true",
+    )
+    ds = eng.build_ds_config(c, world_size=8, dtype="bf16")
+    assert (
+        ds["train_batch_size"],
+        ds["train_micro_batch_size_per_gpu"],
+        ds["gradient_accumulation_steps"],
+    ) == (8192, 32, 32)
+    z = ds["zero_optimization"]
+    assert z["stage"] == 3 and z["offload_optimizer"]["device"] == "cpu"
+    assert z["offload_param"]["device"] == "cpu"
+    assert z["stage3_max_live_parameters"] == 1000  # raw keys deep-merged, not replacing
+    assert ds["flops_profiler"] == {"enabled": True}
+    assert ds["bf16"]["enabled"] and not ds["fp16"]["enabled"]
+    assert ds["gradient_clipping"] == 0.5
+    fp16 = eng.build_ds_config(cfg_with("precision.fp16_initial_scale_power=12"), 1, "fp16")["fp16"]
+    assert fp16["enabled"] and fp16["loss_scale"] == 0 and fp16["initial_scale_power"] == 12
+    with pytest.raises(ConfigError, match="world sizes that work"):
+        eng.build_ds_config(c, world_size=3, dtype="fp32")
+
+
+def test_precision_auto_is_fp32_on_cpu_and_fp16_is_refused_there():
+    cpu = torch.device("cpu")
+    assert eng.resolve_dtype("auto", cpu) == "fp32"
+    assert eng.resolve_dtype("bf16", cpu) == "bf16"
+    with pytest.raises(ConfigError, match="fp16 is not supported on CPU"):
+        eng.resolve_dtype("fp16", cpu)
+
+
+def _lamb_reference(params, grads_per_step, lr, b1, b2, eps, wd, adapt, max_trust=10.0):
+    """You et al. 2019, Algorithm 2, in float64 numpy."""
+    x = [p.copy() for p in params]
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    for t, grads in enumerate(grads_per_step, start=1):
+        for i, g in enumerate(grads):
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            r = (m[i] / (1 - b1**t)) / (np.sqrt(v[i] / (1 - b2**t)) + eps)
+            u = r + wd[i] * x[i]
+            wn, un = np.linalg.norm(x[i]), np.linalg.norm(u)
+            trust = min(wn / un, max_trust) if adapt[i] and wn > 0 and un > 0 else 1.0
+            x[i] = x[i] - lr * trust * u
+    return x
+
+
+def test_lamb_matches_the_papers_algorithm():
+    rng = np.random.default_rng(0)
+    w, b, z = rng.normal(size=(5, 4)), rng.normal(size=4), np.zeros((3, 3))
+    grads = [[rng.normal(size=a.shape) for a in (w, b, z)] for _ in range(4)]
+    ps = [torch.nn.Parameter(torch.tensor(a)) for a in (w, b, z)]
+    opt = Lamb(
+        [
+            {"params": [ps[0]], "weight_decay": 0.01},
+            {"params": [ps[1]], "weight_decay": 0.0, "adapt": False},
+            {"params": [ps[2]], "weight_decay": 0.01},
+        ],  # zero weights: trust ratio 1
+        lr=0.05,
+        betas=(0.9, 0.99),
+        eps=1e-6,
+    )
+    for step in grads:
+        for p, g in zip(ps, step, strict=True):
+            p.grad = torch.tensor(g)
+        opt.step()
+    ref = _lamb_reference(
+        [w, b, z], grads, 0.05, 0.9, 0.99, 1e-6, [0.01, 0.0, 0.01], [True, False, True]
+    )
+    for p, r in zip(ps, ref, strict=True):
+        np.testing.assert_allclose(p.detach().numpy(), r, rtol=1e-12, atol=1e-14)
+    assert not np.allclose(ps[0].detach().numpy(), w)  # it did move
+
+
+def test_skipped_step_changes_neither_parameters_nor_optimizer_state():
+    p = torch.nn.Parameter(torch.ones(3))
+    for opt in (AdamW([p], lr=0.1), Lamb([p], lr=0.1)):
+        p.grad = torch.full((3,), float("nan"))
+        opt.skip_step = True
+        opt.step()
+        assert opt.overflow and torch.equal(p.detach(), torch.ones(3)) and not opt.state
+        opt.skip_step = False
+        p.grad = torch.ones(3)
+        opt.step()
+        assert not opt.overflow and not torch.equal(p.detach(), torch.ones(3)) and opt.state
+        p.data.fill_(1.0)
+
+
+def test_no_weight_decay_on_biases_and_layernorm_weights():
+    model = build_model("roberta", "roberta-debug", vocab_size=50)
+    decay, no_decay = param_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    skipped = [names[id(p)] for p in no_decay["params"]]
+    assert skipped and all(
+        n.endswith("bias") or "LayerNorm" in n or "layer_norm" in n for n in skipped
+    )
+    assert all(p.ndim == 2 for p in decay["params"]) and decay["weight_decay"] == 0.01
+    assert no_decay["weight_decay"] == 0.0 and no_decay["adapt"] is False
+
+
+def test_schedule_shapes():
+    lin = lr_multiplier("linear", warmup_steps=10, total_steps=110)
+    assert [lin(s) for s in (0, 4, 9)] == [0.1, 0.5, 1.0]  # warm-up: step s+1 of 10
+    assert lin(10) == 1.0 and lin(60) == pytest.approx(0.5) and lin(110) == 0.0 == lin(500)
+    assert all(lin(s) > lin(s + 1) for s in range(10, 109))
+    end = lr_multiplier("linear", 0, 100, end_ratio=0.1)
+    assert end(0) == 1.0 and end(100) == pytest.approx(0.1)
+    cos = lr_multiplier("cosine", 10, 110)
+    assert cos(60) == pytest.approx(0.5) and cos(35) == pytest.approx(
+        (1 + math.cos(math.pi / 4)) / 2
+    )
+    poly = lr_multiplier("polynomial", 0, 100, power=2.0)
+    assert poly(50) == pytest.approx(0.25)
+    wsd = lr_multiplier("wsd", 10, 100, decay_fraction=0.2)
+    assert [wsd(s) for s in (20, 79, 80)] == [1.0, 1.0, 1.0]
+    assert wsd(90) == pytest.approx(0.5) and wsd(100) == 0.0
+    const = lr_multiplier("constant", 5, 0)
+    assert const(2) == 0.6 and const(1000) == 1.0
+    with pytest.raises(ValueError, match="must exceed warmup_steps"):
+        lr_multiplier("linear", 10, 10)
+
+
+def _batch(gen, m, seq, vocab):
+    ids = torch.randint(5, vocab, (m, seq), generator=gen)
+    att = torch.ones(m, seq, dtype=torch.int64)
+    att[:, seq - 3 :] = torch.randint(0, 2, (m, 3), generator=gen)  # some padding
+    labels = torch.where(torch.rand(m, seq, generator=gen) < 0.3, ids, torch.full_like(ids, -100))
+    labels[att == 0] = -100
+    return {
+        "input_ids": ids,
+        "attention_mask": att,
+        "labels": labels,
+        "segment_ids": torch.ones(m, seq, dtype=torch.int32),
+    }
+
+
+def test_micro_batch_losses_scale_to_the_exact_global_gradient_and_skip_works():
+    """A micro-batches through DeepSpeed (its 1/A included) give d(sum of sums / N)."""
+    torch.manual_seed(0)
+    cfg = cfg_with(
+        "model.preset=roberta-debug",
+        "batch.global_batch_size=12",
+        "batch.micro_batch_size=3",
+        "optimizer.grad_clip=0.0",
+        "model.overrides.hidden_dropout_prob=0.0",
+        "model.overrides.attention_probs_dropout_prob=0.0",
+    )
+    model = build_model(
+        "roberta",
+        "roberta-debug",
+        vocab_size=40,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    reference = build_model(
+        "roberta",
+        "roberta-debug",
+        vocab_size=40,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    reference.load_state_dict(model.state_dict())
+    gen = torch.Generator().manual_seed(1)
+    batches = [_batch(gen, 3, 10, 40) for _ in range(4)]
+    # Reference: one backward of (sum of loss sums) / (number of predicted tokens).
+    full = {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+    out = reference(full["input_ids"], full["attention_mask"], full["labels"], full["segment_ids"])
+    (out["mlm_loss_sum"] / out["mlm_count"]).backward()
+
+    e = eng.Engine(model, cfg, eng.init_distributed(), lambda s: 1.0)
+    assert e.grad_accum == 4 and e.world_size == 1
+    obj = Objective(rtd=False)
+    obj.set_step(e.all_reduce(local_counts(batches)), e.grad_accum, e.world_size)
+    for b in batches:
+        e.backward(obj.loss(e.forward(b, segments=True)))
+    ref_grads = dict(reference.named_parameters())
+    for name, p in e.module.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-5, atol=1e-7)
+    before = {n: p.detach().clone() for n, p in e.module.named_parameters()}
+    applied, norm = e.step(skip=True)
+    assert not applied and norm is None and e.ds.skipped_steps == 1
+    assert all(torch.equal(p, before[n]) for n, p in e.module.named_parameters())
+    assert not e.base_optimizer.state  # no moments were created
+    for b in batches:  # the next window applies normally
+        e.backward(obj.loss(e.forward(b, segments=True)))
+    applied, norm = e.step()
+    assert applied and norm > 0
+    assert not all(torch.equal(p, before[n]) for n, p in e.module.named_parameters())
+    # A finite loss with a non-finite gradient (ZeRO 0, fp32: DeepSpeed does not check).
+    after = {n: p.detach().clone() for n, p in e.module.named_parameters()}
+    for b in batches:
+        e.backward(obj.loss(e.forward(b, segments=True)))
+    next(e.module.parameters()).grad.view(-1)[0] = float("inf")
+    assert e.step() == (False, None)
+    assert all(torch.equal(p, after[n]) for n, p in e.module.named_parameters())
