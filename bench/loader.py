@@ -1,6 +1,6 @@
 """Streaming-loader throughput: masked tokens/s per worker, next to HF's MLM collator.
 
-    python bench/loader.py [--batches 30] [--no-append]
+    python bench/loader.py [--batches 30] [--quick] [--results FILE] [--no-append]
 
 Synthetic shards (random ids, log-normal document lengths, RoBERTa's 50,265-id vocabulary)
 are written to a temporary directory; no download. Measured in one process (= one worker):
@@ -13,28 +13,25 @@ are written to a temporary directory; no download. Measured in one process (= on
 "tokens/s" counts every position of the delivered (B, 512) batches, i.e. masked-batch tokens
 per second; "predicted/s" counts the positions selected for prediction (labels != -100).
 Prints a table and appends it to bench/RESULTS.md with the machine, date and commit.
+``--quick``: a tiny run (small shards and batches) that only checks the bench works.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import add_output_args, emit, load_average, machine, section_start, time_calls
 
 from data_pipeline.masking import MaskingConfig, mask_batch, row_keys
 from data_pipeline.stream import LoaderConfig, PretrainLoader
 from data_pipeline.synthetic import SPECIAL_IDS, write_synthetic_shards
 
-SEQ, BATCH, VOCAB = 512, 256, 50265
-HERE = Path(__file__).resolve().parent
+SEQ, VOCAB = 512, 50265
+BATCH = 256  # --quick: 16
 
 
 def hf_collator():
@@ -60,12 +57,9 @@ CPU_MS: dict[str, float] = {}  # CPU time per batch: robust to other load on the
 
 def timed(fn, n: int, name: str = "") -> float:
     """Wall seconds per call (after a warm-up call); CPU ms per call go to ``CPU_MS[name]``."""
-    fn()  # warm-up (first block layout, lazy imports, allocator)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(n):
-        fn()
-    CPU_MS[name] = (time.process_time() - c0) / n * 1e3
-    return (time.perf_counter() - t0) / n
+    t = time_calls(fn, n)  # the warm-up call: first block layout, lazy imports, allocator
+    CPU_MS[name] = t["cpu"] * 1e3
+    return t["wall"]
 
 
 def ours(shard_dir: str, n: int, packing: str = "full", kind: str = "mlm") -> tuple[float, float]:
@@ -104,41 +98,21 @@ def masking_only(shard_dir: str, n: int) -> tuple[float, float]:
     return t_ours, t_hf
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0]  # other processes on the machine skew the figures; say so
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-        f"load average {load:.1f} at start"
-    )
-
-
-def commit() -> str:
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" (uncommitted changes)" if git("status", "--porcelain") else "")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batches", type=int, default=30, help="timed batches per row of the table")
-    ap.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument("--quick", action="store_true", help="tiny run: checks the bench, no figures")
+    add_output_args(ap)
     args = ap.parse_args()
+    global BATCH
     torch.set_num_threads(1)  # a DataLoader worker runs with one thread
-    n = args.batches
+    n = 2 if args.quick else args.batches
+    BATCH = 16 if args.quick else BATCH
+    load0 = load_average()
     with tempfile.TemporaryDirectory() as d:
         write_synthetic_shards(
             d,
-            [2500] * 12,
+            [100] * 2 if args.quick else [2500] * 12,
             seed=0,
             vocab_size=VOCAB,
             mean_len=300,
@@ -157,9 +131,12 @@ def main() -> None:
         t_ours, t_hf = masking_only(d, n)
     tok = BATCH * SEQ
     lines = [
-        f"### bench/loader.py: {datetime.date.today()}, commit {commit()}",
-        "",
-        f"Machine: {machine()}; torch {torch.__version__}, one process, one thread (= one worker).",
+        *section_start(
+            "loader.py",
+            args.quick,
+            f"{machine()}, load average {load0:.1f} at start; torch {torch.__version__}, one "
+            "process, one thread (= one worker).",
+        ),
         f"Synthetic shards: {total} shards, vocab {VOCAB}, log-normal document lengths (mean ~300"
         f" tokens, 2 % long ones); seq {SEQ}, batch {BATCH}, mask_prob 0.15, {n} timed batches.",
         "",
@@ -188,10 +165,7 @@ def main() -> None:
         f"the worker has its core to itself).",
         "",
     ]
-    print("\n".join(lines))
-    if not args.no_append:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write("\n" + "\n".join(lines))
+    emit(lines, args)
 
 
 if __name__ == "__main__":

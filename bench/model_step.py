@@ -1,7 +1,8 @@
 """Forward + backward time of our models vs the transformers models at equal config.
 
     python bench/model_step.py [--arch roberta electra deberta] [--device cpu|cuda]
-                               [--seq N] [--batch N] [--steps N] [--no-append]
+                               [--seq N] [--batch N] [--steps N] [--quick]
+                               [--results FILE] [--no-append]
 
 For each architecture a preset is built (CPU: roberta-base, electra-small,
 deberta-v3-xsmall at seq 128; CUDA: the base presets at seq 512, bf16 weights), exported
@@ -13,103 +14,57 @@ random batch with 15 % of positions labelled:
   HF ``AutoModelForMaskedLM(labels=...)`` (full-vocabulary logits for every position);
 * ELECTRA: ours ``forward`` (generator MLM, sampling, discriminator); HF
   ``ElectraForMaskedLM`` + Gumbel sampling + ``ElectraForPreTraining`` with shared
-  embeddings, the same loss (gen + 50 * disc).
+  embeddings, the same loss (gen + 50 * disc). The HF sides are ``bench/hf_models.py``.
 
 Our MLM heads decode only the labelled positions (sparse prediction); that is part of what
 is measured, deliberately. Steps alternate between the two sides so load drift hits both;
 the table compares the fastest step of each side (medians shown too).
 Prints a table and appends it to bench/RESULTS.md with the machine, date and commit.
+``--quick``: the debug presets on a tiny batch, one step (checks the bench works).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
-import os
-import platform
-import statistics
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from common import add_output_args, emit, load_average, machine, section_start, summarize
+from hf_models import hf_twin
 
 from pretrain.models import arch_module, find_preset
-from pretrain.models.common import sample_replacements
 
-HERE = Path(__file__).resolve().parent
 PRESETS = {
     "cpu": {"roberta": "roberta-base", "electra": "electra-small", "deberta": "deberta-v3-xsmall"},
     "cuda": {"roberta": "roberta-base", "electra": "electra-base", "deberta": "deberta-v3-base"},
+    "quick": {"roberta": "roberta-debug", "electra": "electra-debug", "deberta": "deberta-debug"},
 }
 OVERRIDES = {"deberta": {"objective": "mlm"}}  # HF has no DeBERTa RTD pretraining class
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    for line in (
-        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
-    ):
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
-def commit() -> str:
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" (uncommitted changes)" if git("status", "--porcelain") else "")
-
-
 def build(arch: str, preset: str, device: torch.device, dtype: torch.dtype):
-    """(ours, hf_step) holding identical weights; hf_step(ids, attn, labels) -> loss."""
-    import transformers
-
+    """(ours, hf, our_step, hf_step) holding identical weights (``hf_models.hf_twin``);
+    a step function maps (ids, attn, labels) to the loss."""
     mod = arch_module(arch)
     torch.manual_seed(0)
     kwargs = {**find_preset(preset)[1], **OVERRIDES.get(arch, {})}
     ours = mod.Model(mod.Config(**kwargs))
-    with tempfile.TemporaryDirectory() as d:
-        mod.export_hf(ours, d)
-        if arch == "electra":
-            disc = transformers.ElectraForPreTraining.from_pretrained(d)
-            gen = transformers.ElectraForMaskedLM.from_pretrained(Path(d) / "generator")
-            gen.electra.embeddings = disc.electra.embeddings  # tied, as in ours
-            gen.generator_lm_head.weight = disc.electra.embeddings.word_embeddings.weight
-            hf = torch.nn.ModuleList([gen, disc])
-        else:
-            hf = transformers.AutoModelForMaskedLM.from_pretrained(d)
+    hf = hf_twin(arch, ours)
     ours.to(device, dtype).train()
     hf.to(device, dtype).train()
     weight = getattr(ours.config, "rtd_weight", 0.0)
 
-    def hf_step(ids, attn, labels):
-        if arch != "electra":
-            return hf(input_ids=ids, attention_mask=attn, labels=labels).loss
-        gen, disc = hf
-        sel = labels != -100
-        logits = gen(input_ids=ids, attention_mask=attn).logits
-        mlm = F.cross_entropy(logits.view(-1, logits.shape[-1]).float(), labels.view(-1))
-        corrupted = torch.where(sel, labels, ids)
-        corrupted[sel] = sample_replacements(logits[sel])
-        d_logits = disc(input_ids=corrupted, attention_mask=attn).logits.float()
-        target = (corrupted != torch.where(sel, labels, ids)).float()
-        bce = F.binary_cross_entropy_with_logits(d_logits, target, reduction="none")
-        return mlm + weight * (bce * attn).sum() / attn.sum()
+    def step(model):
+        def loss(ids, attn, labels):
+            out = model(ids, attn, labels)
+            value = out["mlm_loss_sum"] / out["mlm_count"]
+            if "rtd_loss_sum" in out:
+                value = value + weight * out["rtd_loss_sum"] / out["rtd_count"]
+            return value
 
-    def our_step(ids, attn, labels):
-        out = ours(ids, attn, labels)
-        loss = out["mlm_loss_sum"] / out["mlm_count"]
-        if "rtd_loss_sum" in out:
-            loss = loss + weight * out["rtd_loss_sum"] / out["rtd_count"]
         return loss
 
-    return ours, hf, our_step, hf_step
+    return ours, hf, step(ours), step(hf)
 
 
 def timed_pair(steps, modules, batch, n: int, device: torch.device) -> list[dict[str, float]]:
@@ -133,7 +88,7 @@ def timed_pair(steps, modules, batch, n: int, device: torch.device) -> list[dict
                 wall[k].append(time.perf_counter() - t0)
                 cpu[k].append(time.process_time() - c0)
     return [
-        {"wall": min(w), "median": statistics.median(w), "cpu": min(c)}
+        {"wall": min(w), "median": summarize(w)["median"], "cpu": min(c)}
         for w, c in zip(wall, cpu, strict=True)
     ]
 
@@ -146,15 +101,18 @@ def main() -> None:
     ap.add_argument("--batch", type=int, help="sequences per step (cpu 8, cuda 32)")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
-    ap.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument("--quick", action="store_true", help="debug presets, tiny batch, one step")
+    add_output_args(ap)
     args = ap.parse_args()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     gpu = device.type == "cuda"
     seq, bsz = args.seq or (512 if gpu else 128), args.batch or (32 if gpu else 8)
+    if args.quick:
+        seq, bsz, args.steps = min(seq, 32), min(bsz, 2), 1
     dtype = torch.bfloat16 if gpu else torch.float32
-    load_start = os.getloadavg()[0]
+    load_start = load_average()
     rows = []
     for arch in args.arch:
         try:
@@ -162,7 +120,7 @@ def main() -> None:
         except ModuleNotFoundError:
             print(f"skipping {arch}: its module is not available")
             continue
-        preset = PRESETS[device.type][arch]
+        preset = PRESETS["quick" if args.quick else device.type][arch]
         ours, hf, our_step, hf_step = build(arch, preset, device, dtype)
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(5, ours.config.vocab_size, (bsz, seq), generator=g)
@@ -178,12 +136,14 @@ def main() -> None:
         )
         del ours, hf
     lines = [
-        f"### bench/model_step.py: {datetime.date.today()}, commit {commit()}",
-        "",
-        f"Machine: {machine() if not gpu else torch.cuda.get_device_name()}; torch "
-        f"{torch.__version__}, intra-op threads {torch.get_num_threads()}; {str(dtype)[6:]}, seq {seq}, "
-        f"batch {bsz}, 15 % labelled, train mode, {args.steps} timed steps per side; load "
-        f"average {load_start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end.",
+        *section_start(
+            "model_step.py",
+            args.quick,
+            f"{machine(device.type)}; torch {torch.__version__}, intra-op threads "
+            f"{torch.get_num_threads()}; {str(dtype)[6:]}, seq {seq}, batch {bsz}, 15 % "
+            f"labelled, train mode, {args.steps} timed steps per side; load average "
+            f"{load_start:.1f} at the start, {load_average():.1f} at the end.",
+        ),
         "",
         "| arch | preset | ours ms (wall min) | HF ms (wall min) | ours / HF wall | "
         "wall medians ours / HF | ours / HF CPU time | ours tokens/s |",
@@ -202,10 +162,7 @@ def main() -> None:
         "projects every position onto the vocabulary. Target: ours / HF <= 1.0 on CPU.",
         "",
     ]
-    print("\n".join(lines))
-    if not args.no_append:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write("\n" + "\n".join(lines))
+    emit(lines, args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Preprocessing throughput: tokens/s per core next to the bare tokenizer, and 1 vs 2 ranks.
 
-    python bench/preprocess.py [--copies 8] [--vocab 8000] [--repeats 2] [--no-append]
+    python bench/preprocess.py [--copies 8] [--vocab 8000] [--repeats 2] [--quick]
+                               [--results FILE] [--no-append]
 
 Corpus: the built-in sample corpus (``sample-corpus``: Python's own documentation, ~1.8 MB,
 short documents of ~115 tokens) written ``--copies`` times, and the same text regrouped into
@@ -19,13 +20,13 @@ Measured in one run on this machine:
   reading the inputs to writing the manifest (interpreter start-up excluded).
 
 Best of ``--repeats`` (bare tokenizer: of 3). Appends a section to bench/RESULTS.md with
-the machine, load, date and commit.
+the machine, load, date and commit. ``--quick``: one copy, vocab 1000, one repeat, no
+``--workers``/``mpirun`` runs (checks the bench works; not a measurement).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import platform
@@ -36,7 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from common import add_output_args, emit, load_average, machine, section_start
+
 MPIRUN = Path(sys.executable).parent / "mpirun"
 
 BARE = """
@@ -112,36 +114,19 @@ def build_corpora(d: Path, copies: int) -> dict[str, str]:
     }
 
 
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
-
-
-def commit() -> str:
-    def git(*a):
-        return subprocess.run(["git", *a], cwd=HERE, capture_output=True, text=True).stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + (" (uncommitted changes)" if git("status", "--porcelain") else "")
-
-
-def measure(d: Path, tok: Path, inputs: str, repeats: int, k: int) -> dict:
+def measure(d: Path, tok: Path, inputs: str, repeats: int, k: int, quick: bool) -> dict:
     files = sorted(str(p) for p in Path(inputs).iterdir())
-    common = ["--input", inputs, "--tokenizer", str(tok), "--unit-bytes", "512K"]
-    return {
+    args = ["--input", inputs, "--tokenizer", str(tok), "--unit-bytes", "512K"]
+    out = {
         "bare": json.loads(sh([sys.executable, "-c", BARE, str(tok), *files]).stdout),
-        "one": preprocess(common, d / f"{k}-one", repeats),
-        "pin": preprocess(common, d / f"{k}-pin", repeats, pin=True),
-        "workers": preprocess([*common, "--workers", "2"], d / f"{k}-w2", repeats),
-        "mpi": preprocess(common, d / f"{k}-mpi", repeats, mpi=2) if MPIRUN.exists() else None,
+        "one": preprocess(args, d / f"{k}-one", repeats),
+        "pin": preprocess(args, d / f"{k}-pin", repeats, pin=True),
     }
+    if quick:  # the parallel runs only repeat what is checked above
+        return {**out, "workers": out["one"], "mpi": None}
+    out["workers"] = preprocess([*args, "--workers", "2"], d / f"{k}-w2", repeats)
+    out["mpi"] = preprocess(args, d / f"{k}-mpi", repeats, mpi=2) if MPIRUN.exists() else None
+    return out
 
 
 def table(rows: dict[str, dict]) -> list[str]:
@@ -185,9 +170,12 @@ def main() -> None:
     ap.add_argument("--copies", type=int, default=8, help="copies of the sample corpus to process")
     ap.add_argument("--vocab", type=int, default=8000, help="spm-bpe vocabulary size")
     ap.add_argument("--repeats", type=int, default=2, help="runs per configuration (best kept)")
-    ap.add_argument("--no-append", action="store_true", help="do not append to bench/RESULTS.md")
+    ap.add_argument("--quick", action="store_true", help="tiny run: checks the bench, no figures")
+    add_output_args(ap)
     args = ap.parse_args()
-    started, load0 = time.time(), os.getloadavg()[0]
+    if args.quick:
+        args.copies, args.vocab, args.repeats = 1, 1000, 1
+    started, load0 = time.time(), load_average()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         corpora = build_corpora(d, args.copies)
@@ -207,16 +195,18 @@ def main() -> None:
             ]
         )
         rows = {
-            name: measure(d, tok, inputs, args.repeats, k)
+            name: measure(d, tok, inputs, args.repeats, k, args.quick)
             for k, (name, inputs) in enumerate(corpora.items())
         }
     lines = [
-        f"### bench/preprocess.py: {datetime.date.today()}, commit {commit()}",
-        "",
-        f"Machine: {machine()}; Python {platform.python_version()}; load average "
-        f"{load0:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. spm-bpe vocab "
-        f"{args.vocab} trained on the sample corpus; {args.copies} copies of its train split "
-        f"per corpus; --unit-bytes 512K; best of {args.repeats}.",
+        *section_start(
+            "preprocess.py",
+            args.quick,
+            f"{machine()}; Python {platform.python_version()}; load average {load0:.1f} at "
+            f"the start, {load_average():.1f} at the end. spm-bpe vocab {args.vocab} trained "
+            f"on the sample corpus; {args.copies} copies of its train split per corpus; "
+            f"--unit-bytes 512K; best of {args.repeats}.",
+        ),
         "",
         *table(rows),
         "",
@@ -224,10 +214,7 @@ def main() -> None:
         f"(wall clock, only meaningful on an otherwise idle machine). ({time.time() - started:.0f} s)",
         "",
     ]
-    print("\n".join(lines))
-    if not args.no_append:
-        with open(HERE / "RESULTS.md", "a") as f:
-            f.write("\n" + "\n".join(lines))
+    emit(lines, args)
 
 
 if __name__ == "__main__":

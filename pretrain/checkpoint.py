@@ -13,6 +13,8 @@
         config.toml, model.json           resolved run config; the model's exact Config
         tokenizer/                        copy of the tokenizer files
         COMPLETE                          JSON marker, written once every rank has finished
+        universal/                        DeepSpeed universal conversion, made on the first
+                                          resume at another world size (pretrain.universal)
     RUN_DIR/hf/                         HF export of the final model
 
 A checkpoint counts only once ``COMPLETE`` exists: a kill during a save leaves the
@@ -35,12 +37,12 @@ import torch
 
 from data_pipeline.cli import CommandError
 from data_pipeline.shards import atomic_write_text
+from pretrain.universal import UNIVERSAL
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 COMPLETE = "COMPLETE"
 TAG_PREFIX = "step_"
-UNIVERSAL = "universal"  # DeepSpeed universal conversion inside a tag dir (world-size change)
 
 
 class RunDirError(CommandError, ValueError):
@@ -98,6 +100,11 @@ class ResumePoint:
     def tag_dir(self) -> Path:
         return self.root / self.tag
 
+    @property
+    def world_size(self) -> int:
+        """Ranks that wrote the checkpoint (-1 if the marker does not say)."""
+        return int(self.marker.get("world_size", -1))
+
 
 def find_resume(run_dir: str | os.PathLike, resume: str) -> ResumePoint | None:
     """What to resume from: ``auto`` (newest complete checkpoint of RUN_DIR, if any),
@@ -121,6 +128,23 @@ def find_resume(run_dir: str | os.PathLike, resume: str) -> ResumePoint | None:
     )
 
 
+def check_zero_stage(point: ResumePoint, stage: int) -> None:
+    """Refuse a ZeRO stage that cannot read the checkpoint's layout (one line).
+
+    Stages 1 and 2 share a layout; stage 0 (whole optimizer state in the model file) and
+    stage 3 (partitioned parameters) each have their own, and DeepSpeed would otherwise
+    fail with an assertion or, worse, start with an empty optimizer state.
+    """
+    saved = int(point.marker.get("zero_stage", stage))
+    family = {0: "0", 1: "1-2", 2: "1-2", 3: "3"}
+    if family.get(saved) != family.get(stage):
+        raise RunDirError(
+            f"{point.tag_dir}: written with zero.stage={saved}, cannot be resumed with "
+            f"zero.stage={stage} (stages 1 and 2 are interchangeable; 0 and 3 are not); "
+            "keep the stage, or start a new run with init_from an HF export"
+        )
+
+
 # ----------------------------------------------------------------------------- RNG states
 
 
@@ -136,6 +160,14 @@ def rng_state() -> dict:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+def seed_rng(seed: np.random.SeedSequence) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) from one seed sequence."""
+    a, b, c = (int(x) for x in seed.generate_state(3))
+    random.seed(a)
+    np.random.seed(b)
+    torch.manual_seed(c)
 
 
 def set_rng_state(state: dict) -> None:
@@ -242,12 +274,14 @@ class Checkpointer:
             if p.is_dir() and s is not None and s < step and read_marker(p) is None:
                 shutil.rmtree(p, ignore_errors=True)
 
-    def load(self, point: ResumePoint, loader, universal: bool = False) -> dict:
+    def load(self, point: ResumePoint, loader, universal: bool = False, rng_seed: int = 0) -> dict:
         """Restore everything saved at ``point``; returns the trainer state.
 
         ``universal``: load DeepSpeed's universal conversion in ``TAG/universal`` (after a
         world-size change). RNG states are restored last, so nothing that runs during
-        loading can consume them.
+        loading can consume them; at another world size the per-rank RNG streams of the
+        checkpoint do not fit, and each rank draws from a stream seeded by
+        (``rng_seed``, step, rank) instead — deterministic, but not the original run's.
         """
         eng = self.engine
         try:
@@ -260,7 +294,7 @@ class Checkpointer:
             raise RunDirError(
                 f"{point.tag_dir}: cannot load it into this model: {' '.join(lines[:2])[:300]}"
             ) from e
-        same_world = int(point.marker.get("world_size", -1)) == eng.world_size
+        same_world = point.world_size == eng.world_size
         own = _rank_file(point.tag_dir, eng.rank)
         source = own if same_world and own.exists() else _rank_file(point.tag_dir, 0)
         try:
@@ -274,6 +308,8 @@ class Checkpointer:
             raise RunDirError(f"{point.tag_dir}: {e}") from e
         if same_world:
             set_rng_state(state["rng"])
+        else:  # another rank layout: no saved stream fits; a fresh one per (seed, step, rank)
+            seed_rng(np.random.SeedSequence([rng_seed, point.step, eng.rank]))
         return dict(client.get("trainer", {}))
 
 

@@ -289,10 +289,28 @@ class LoggingConfig:
     """Progress bar with ETA on rank 0 (only in an interactive terminal)."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for MFU (default: from the GPU's name; none on CPU)."""
+    audit_samples: bool = False
+    """Write RUN_DIR/audit/rankNNNNN.jsonl: the global row ids each rank consumed at each step
+    (``python -m pretrain.audit RUN_DIR`` checks that no sample was lost or repeated)."""
 
     def __post_init__(self):
         if self.every_steps < 1:
             raise ConfigError("logging.every_steps must be >= 1")
+
+
+@dataclass
+class DistributedConfig:
+    timeout_minutes: float = 10.0
+    """Timeout of every collective operation: a rank that waits longer for its peers raises
+    and the job ends (a rank that dies is noticed sooner: the launchers stop the job when any
+    rank exits non-zero). Must exceed the slowest legitimate wait, e.g. a checkpoint save."""
+    rank0_timeout_minutes: float = 120.0
+    """How long the other ranks wait for work that only rank 0 does: converting a checkpoint
+    to DeepSpeed's universal format after a world-size change, and the final HF export."""
+
+    def __post_init__(self):
+        if self.timeout_minutes <= 0 or self.rank0_timeout_minutes <= 0:
+            raise ConfigError("distributed: timeout_minutes and rank0_timeout_minutes must be > 0")
 
 
 @dataclass
@@ -301,6 +319,13 @@ class DebugConfig:
     """Steps whose loss is multiplied by NaN on rank 0 (tests the non-finite skip)."""
     exit_during_save_step: int = 0
     """Hard-exit (status 137) in the middle of saving this step's checkpoint (tests atomicity)."""
+    step_delay_s: float = 0.0
+    """Sleep this long after every step, so that tests can act on a run in progress (send
+    signals, add or kill ranks) at a known pace."""
+
+    def __post_init__(self):
+        if self.step_delay_s < 0:
+            raise ConfigError("debug.step_delay_s must be >= 0")
 
 
 @dataclass
@@ -336,7 +361,9 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Validation on the valid shards with fixed masks."""
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    """metrics.jsonl / TensorBoard cadence, progress bar, MFU peak."""
+    """metrics.jsonl / TensorBoard cadence, progress bar, MFU peak, sample audit."""
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    """Timeouts of the process group (how soon a hung job fails)."""
     debug: DebugConfig = field(default_factory=DebugConfig)
     """Fault injection for tests (off by default)."""
     deepspeed: dict[str, Any] = field(default_factory=dict)

@@ -19,6 +19,7 @@ import torch
 
 from data_pipeline.cli import CommandError
 from data_pipeline.shards import atomic_write_text
+from pretrain.engine import on_rank0
 from pretrain.metrics import mfu, peak_memory_bytes
 
 
@@ -39,7 +40,14 @@ class TrainState:
 
 
 class StopSignal:
-    """SIGTERM/SIGUSR1 set a flag (preemption: finish the step, save, exit 0)."""
+    """SIGTERM/SIGUSR1 set a flag (preemption: finish the step, save, exit 0).
+
+    One rank receiving it is enough: ``checkpoint_due`` agrees on it with an all-reduce.
+    Installed before the session is built, so a signal during start-up (loading, a universal
+    conversion) stops the run after its first step instead of killing it. It must reach the
+    rank processes: srun forwards signals to its tasks, ``launch/elastic.sh`` forwards them
+    to torchrun's workers, DeepSpeed's per-node launcher forwards SIGTERM and SIGINT only.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -96,6 +104,8 @@ class LoopPolicies:
                 )
         else:
             s.nonfinite_in_row = 0
+        if cfg.debug.step_delay_s:
+            time.sleep(cfg.debug.step_delay_s)
 
     def log(self, step: int, result) -> dict:
         sums, n = self.objective.take_sums()
@@ -211,13 +221,17 @@ class LoopPolicies:
                     "steps skipped (non-finite); details in summary.json",
                     flush=True,
                 )
-        if export and self.cfg.checkpoint.export_hf and self.dist.rank == 0:
-            from pretrain.checkpoint import load_run_model
-            from pretrain.export import export_model
-
-            model, tok = load_run_model(self.cfg.run_dir)
-            try:
-                export_model(model, tok, Path(self.cfg.run_dir) / "hf")
-            except ValueError as e:  # e.g. shards without a tokenizer directory
-                print(f"warning: HF export skipped: {e}", flush=True)
+        if export and self.cfg.checkpoint.export_hf:
+            # Rank 0 exports while the others wait (long timeout); its errors reach every rank.
+            on_rank0(self._export_hf, "the HF export")
         self.engine.barrier()
+
+    def _export_hf(self) -> None:
+        from pretrain.checkpoint import load_run_model
+        from pretrain.export import export_model
+
+        model, tok = load_run_model(self.cfg.run_dir)
+        try:
+            export_model(model, tok, Path(self.cfg.run_dir) / "hf")
+        except ValueError as e:  # e.g. shards without a tokenizer directory
+            print(f"warning: HF export skipped: {e}", flush=True)

@@ -22,12 +22,13 @@ import torch
 from data_pipeline.cli import CommandError
 from data_pipeline.shards import Manifest, atomic_write_text
 from data_pipeline.stream import PretrainLoader, validation_loader
+from pretrain import audit
 from pretrain import engine as eng
 from pretrain.checkpoint import (
     CHECKPOINTS,
-    UNIVERSAL,
     Checkpointer,
     ResumePoint,
+    check_zero_stage,
     find_resume,
     model_json,
 )
@@ -43,6 +44,7 @@ from pretrain.models import arch_module
 from pretrain.objectives import Objective
 from pretrain.optim import lr_multiplier
 from pretrain.policies import LoopPolicies, NonFiniteLossError, StopSignal, TrainState
+from pretrain.universal import ensure_universal, needs_universal
 
 __all__ = ["NonFiniteLossError", "Session", "StopSignal", "TrainState", "build_model"]
 
@@ -99,7 +101,7 @@ def prepare_run_dir(cfg: RunConfig, resume: str, overwrite: bool, rank: int) -> 
                 "(use another run_dir, or --overwrite to delete them)"
             )
         if rank == 0:
-            for name in (CHECKPOINTS, "tensorboard", "hf"):
+            for name in (CHECKPOINTS, "tensorboard", "hf", audit.AUDIT_DIR):
                 shutil.rmtree(run / name, ignore_errors=True)
             for p in [*run.glob("metrics.jsonl*"), run / "summary.json"]:
                 p.unlink(missing_ok=True)
@@ -110,7 +112,9 @@ def prepare_run_dir(cfg: RunConfig, resume: str, overwrite: bool, rank: int) -> 
 class Session(LoopPolicies):
     def __init__(self, cfg: RunConfig, resume: str = "auto", overwrite: bool = False):
         self.cfg = cfg
-        self.dist = d = eng.init_distributed()
+        self.dist = d = eng.init_distributed(
+            cfg.distributed.timeout_minutes, cfg.distributed.rank0_timeout_minutes
+        )
         cfg.batch.grad_accum(d.world_size)  # first: a clear error, with valid alternatives
         point = prepare_run_dir(cfg, resume, overwrite, d.rank)
         manifest = Manifest.load(cfg.data.shard_dir)
@@ -133,6 +137,8 @@ class Session(LoopPolicies):
                 d.world_size,
                 None if n is None else -(-n // per_batch),
             )
+        if point is not None:
+            check_zero_stage(point, cfg.zero.stage)
         universal = self._universal(point)
         lr_fn = lr_multiplier(
             cfg.schedule.kind,
@@ -157,7 +163,7 @@ class Session(LoopPolicies):
         self.state = TrainState()
         if point is not None:
             self._check_model(point)
-            restored = self.ckpt.load(point, self.loader, universal)
+            restored = self.ckpt.load(point, self.loader, universal, rng_seed=cfg.seed + 1)
             known = {f.name for f in dataclasses.fields(TrainState)}
             self.state = TrainState(**{k: v for k, v in restored.items() if k in known})
         if d.rank == 0:
@@ -173,6 +179,18 @@ class Session(LoopPolicies):
         self.resumed_from = point
         if point is not None and d.rank == 0:
             print(f"resuming from {point.tag_dir} (step {point.step})", flush=True)
+            if point.world_size != d.world_size:
+                how = "universal checkpoint" if universal else "no partitioned state"
+                print(
+                    f"note: checkpoint written by {point.world_size} ranks, continuing on "
+                    f"{d.world_size} ({how}); global batch {G}, gradient accumulation now "
+                    f"{e.grad_accum}",
+                    flush=True,
+                )
+        if d.rank == 0 and cfg.logging.audit_samples:
+            audit.prepare(cfg.run_dir, self.state.step if point else None)
+        e.barrier()  # no rank appends to an audit file before rank 0 has truncated it
+        self.audit = audit.AuditLog(cfg.run_dir, d.rank, d.world_size, G, cfg.logging.audit_samples)
         self.logger = MetricsLogger(
             cfg.run_dir,
             d.rank,
@@ -191,15 +209,16 @@ class Session(LoopPolicies):
         )
 
     def _universal(self, point: ResumePoint | None) -> bool:
-        """Convert a ZeRO checkpoint saved at another world size (DeepSpeed universal format)."""
-        if point is None or int(point.marker.get("world_size", -1)) == self.dist.world_size:
+        """Whether to load ``point`` as a universal checkpoint (partitioned optimizer state
+        written by another number of ranks); converted once, by rank 0 (pretrain.universal)."""
+        if point is None or not needs_universal(
+            point.tag_dir, point.world_size, self.dist.world_size
+        ):
             return False
-        if int(point.marker.get("zero_stage", 0)) == 0:
-            return False  # stage 0 holds full optimizer state: loads at any world size
-        out = point.tag_dir / UNIVERSAL
-        if self.dist.rank == 0 and not (out / "zero").is_dir():
-            eng.convert_to_universal(point.tag_dir, out)
-        eng.barrier()
+        eng.on_rank0(
+            lambda: ensure_universal(point.tag_dir) and None,
+            f"converting {point.tag_dir} to a universal checkpoint",
+        )
         return True
 
     def _check_model(self, point: ResumePoint) -> None:
@@ -227,6 +246,8 @@ class Session(LoopPolicies):
                 )
 
     def close(self) -> None:
+        self.engine.close()
+        self.audit.close()
         self.progress.close()
         self.logger.close()
         self.loader.close()

@@ -71,9 +71,9 @@ def _take(it: Iterator, n: int, s: Session) -> list[dict]:
 
 def train(cfg, resume: str = "auto", overwrite: bool = False) -> Session:
     """Train ``cfg`` to ``cfg.max_steps`` (or until SIGTERM/SIGUSR1); returns the session."""
-    s = Session(cfg, resume, overwrite)
-    try:
-        with StopSignal() as stop:
+    with StopSignal() as stop:  # from the start: a signal during set-up stops after one step
+        s = Session(cfg, resume, overwrite)
+        try:
             e, step = s.engine, s.state.step
             segments = cfg.data.attend_within_document  # keep packed documents apart
             if s.nothing_to_train():
@@ -84,6 +84,7 @@ def train(cfg, resume: str = "auto", overwrite: bool = False) -> Session:
             while step < cfg.max_steps:
                 step += 1
                 batches = _take(it, e.grad_accum, s)
+                s.audit.record(step, batches)  # logging.audit_samples: the rows of this step
                 result = train_step(e, s.objective, batches, segments, s.poisoned(step))
                 s.account(step, result)
                 if s.log_due(step):
@@ -97,6 +98,6 @@ def train(cfg, resume: str = "auto", overwrite: bool = False) -> Session:
                     s.finish(preempted_by=stop.name)
                     return s
             s.finish()
-        return s
-    finally:
-        s.close()
+            return s
+        finally:
+            s.close()

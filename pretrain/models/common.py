@@ -51,20 +51,77 @@ def gather_predicted(
 
     The MLM head then projects only these N rows onto the vocabulary (cramming's
     sparse prediction): with 15 % masking that is ~7x less head compute and memory.
+    N depends on the data, so ``nonzero`` waits for the device (one host sync) and the
+    shapes change every batch; ``gather_predicted_fixed`` is the static-shape variant.
     """
     flat = labels.reshape(-1)
     idx = (flat != IGNORE_INDEX).nonzero(as_tuple=True)[0]
     return hidden.reshape(-1, hidden.shape[-1]).index_select(0, idx), flat.index_select(0, idx)
 
 
+def predicted_positions(labels: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, K) positions of each row's labelled tokens in increasing order, padded with
+    unlabelled positions up to K = min(capacity, T), and (B, K) bool: really labelled.
+
+    A row with more than K labels would lose the rest: ``gather_predicted_fixed`` checks.
+    """
+    t = labels.shape[1]
+    k = max(1, min(int(capacity), t))
+    pos = torch.arange(t, device=labels.device)
+    labelled = labels != IGNORE_INDEX
+    # Labelled positions sort first (keys < T), each group in increasing position order.
+    order = torch.where(labelled, pos, pos + t)
+    qpos = order.topk(k, dim=1, largest=False, sorted=True).indices  # (B, K)
+    return qpos, labelled.gather(1, qpos)
+
+
+def check_capacity(labels: torch.Tensor, capacity: int) -> None:
+    """Refuse a batch with more labels in a row than the fixed capacity (never drop any).
+
+    CPU: a plain check with a one-line error. CUDA: an asynchronous device assertion, so
+    the step never waits for the device; it cannot fire when the capacity comes from
+    ``pretrain.perf.predict_capacity`` (a bound the masking guarantees).
+    """
+    per_row = (labels != IGNORE_INDEX).sum(dim=1)
+    if labels.device.type == "cuda":
+        torch._assert_async(
+            (per_row <= capacity).all(), "more labels in a row than predict_capacity"
+        )
+    elif labels.numel() and int(per_row.max()) > capacity:
+        raise ValueError(
+            f"a row has {int(per_row.max())} labelled tokens, more than the model's "
+            f"predict_capacity {capacity} (see pretrain.perf.predict_capacity)"
+        )
+
+
+def gather_predicted_fixed(
+    hidden: torch.Tensor, labels: torch.Tensor, capacity: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Static-shape ``gather_predicted``: (B*K, H) states, (B*K,) targets (IGNORE_INDEX in
+    the padding slots), and the (B, K) positions and validity of ``predicted_positions``.
+
+    K is fixed per run, so there is no host sync and every step has the same shapes
+    (torch.compile and CUDA graphs friendly). The valid rows are the same, in the same
+    order, as ``gather_predicted``'s; the padding slots cost (K - labels per row) extra
+    head rows and add nothing to the sums (``mlm_sums`` ignores their targets).
+    """
+    check_capacity(labels, capacity)
+    pos, valid = predicted_positions(labels, capacity)  # (B, K)
+    c = hidden.shape[-1]
+    h = hidden.gather(1, pos[..., None].expand(-1, -1, c))  # (B, K, C)
+    targets = torch.where(valid, labels.gather(1, pos), IGNORE_INDEX)  # (B, K)
+    return h.reshape(-1, c), targets.reshape(-1), pos, valid
+
+
 def mlm_sums(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Summed cross-entropy, number correct and count over predicted positions."""
-    loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-    correct = (logits.argmax(-1) == targets).sum()
+    """Summed cross-entropy, number correct and count over predicted positions; rows whose
+    target is IGNORE_INDEX (the padding slots of ``gather_predicted_fixed``) count nothing."""
+    loss = F.cross_entropy(logits.float(), targets, reduction="sum", ignore_index=IGNORE_INDEX)
+    correct = (logits.argmax(-1) == targets).sum()  # an ignored target (-100) never matches
     return {
         "mlm_loss_sum": loss,
         "mlm_correct": correct,
-        "mlm_count": targets.new_tensor(targets.numel()),
+        "mlm_count": (targets != IGNORE_INDEX).sum(),
     }
 
 

@@ -46,10 +46,13 @@ from torch import nn
 
 from pretrain.models.common import (
     IGNORE_INDEX,
+    check_capacity,
     count_params,
     gather_predicted,
+    gather_predicted_fixed,
     init_weights,
     mlm_sums,
+    predicted_positions,
     rtd_sums,
     sample_replacements,
 )
@@ -229,6 +232,10 @@ class Model(nn.Module):
     """MLM model (``deberta``, ``lm_predictions``) or RTD model (``generator``, ``deberta``,
     ``mask_predictions``), chosen by ``config.objective``."""
 
+    predict_capacity: int | None = None
+    """Labels per row the MLM head (and EMD) decode with static shapes (see
+    ``roberta.Model.predict_capacity``); None: exactly the labelled positions."""
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
@@ -249,7 +256,7 @@ class Model(nn.Module):
 
     def forward(self, input_ids, attention_mask, labels, segment_ids=None) -> dict:
         ctx = self._context(input_ids, attention_mask, segment_ids)
-        h, targets = self._mlm_hidden(input_ids, attention_mask, segment_ids, ctx, labels)
+        h, targets, slots = self._mlm_hidden(input_ids, attention_mask, segment_ids, ctx, labels)
         gen = self.mlm_part
         words = gen.deberta.embeddings.word_embeddings.weight
         logits = gen.lm_predictions.lm_head(h, words)  # (N, V): predicted positions only
@@ -257,9 +264,14 @@ class Model(nn.Module):
         if self.config.objective == "mlm":
             return out
         # Replace every predicted position by a sample of the generator (no gradient).
-        predicted = (labels.reshape(-1) != IGNORE_INDEX).nonzero(as_tuple=True)[0]  # (N,)
-        sampled = sample_replacements(logits)  # (N,), same order as ``predicted``
-        disc_ids = input_ids.reshape(-1).scatter(0, predicted, sampled).view_as(input_ids)
+        sampled = sample_replacements(logits)  # (N,), same order as the gathered rows
+        if slots is None:
+            predicted = (labels.reshape(-1) != IGNORE_INDEX).nonzero(as_tuple=True)[0]  # (N,)
+            disc_ids = input_ids.reshape(-1).scatter(0, predicted, sampled).view_as(input_ids)
+        else:  # fixed capacity: (B, K) positions; padding slots write back the input token
+            pos, valid = slots
+            keep = input_ids.gather(1, pos)
+            disc_ids = input_ids.scatter(1, pos, torch.where(valid, sampled.view_as(pos), keep))
         original = torch.where(labels != IGNORE_INDEX, labels, input_ids)
         h = self.deberta(disc_ids, attention_mask, ctx, shared=words)  # (B, T, C)
         first = _document_first(segment_ids, h.shape[1], h.device)  # (B|1, T)
@@ -271,7 +283,7 @@ class Model(nn.Module):
     def mlm_logits(self, input_ids, attention_mask, segment_ids=None, *, emd=None) -> torch.Tensor:
         """(B, T, V) logits of the (generator's) MLM head; ``emd=False``: as HF exports compute."""
         ctx = self._context(input_ids, attention_mask, segment_ids)
-        h, _ = self._mlm_hidden(input_ids, attention_mask, segment_ids, ctx, None, emd)
+        h, _, _ = self._mlm_hidden(input_ids, attention_mask, segment_ids, ctx, None, emd)
         gen = self.mlm_part
         return gen.lm_predictions.lm_head(h, gen.deberta.embeddings.word_embeddings.weight)
 
@@ -297,12 +309,19 @@ class Model(nn.Module):
         return build_context(rel, attention_mask.bool(), segment_ids, flex)
 
     def _mlm_hidden(self, input_ids, attention_mask, segment_ids, ctx, labels, emd=None):
-        """What the MLM head decodes: (N, C) states at labelled positions and their (N,)
-        targets (row-major order, as ``gather_predicted``), or (B, T, C) and None."""
-        part = self.mlm_part
+        """What the MLM head decodes: (N, C) states at labelled positions, their (N,) targets
+        (row-major order, as ``gather_predicted``) and None; with ``predict_capacity`` K:
+        (B*K, C), (B*K,) targets (IGNORE_INDEX in padding slots) and the (B, K) positions and
+        validity. Without labels: (B, T, C), None, None."""
+        part, cap = self.mlm_part, self.predict_capacity
         if not (self.config.emd if emd is None else emd):
             h = part.deberta(input_ids, attention_mask, ctx)  # (B, T, C)
-            return gather_predicted(h, labels) if labels is not None else (h, None)
+            if labels is None:
+                return h, None, None
+            if cap is None:
+                return (*gather_predicted(h, labels), None)
+            h, targets, pos, valid = gather_predicted_fixed(h, labels, cap)
+            return h, targets, (pos, valid)
         if not self.config.emd:
             raise ValueError("this model was built without EMD (Config.emd=False)")
         b, t = input_ids.shape
@@ -318,7 +337,7 @@ class Model(nn.Module):
         pos = (pos - _document_first(segment_ids, t, input_ids.device)).expand(b, t)
         qctx, z, valid = ctx, penult, None
         if labels is not None:
-            qpos, valid = _predicted_queries(labels)  # (B, M) each
+            qpos, valid = _predicted_queries(labels, cap)  # (B, M) each
             qctx = ctx.with_queries(qpos)
             z = penult.gather(1, qpos[..., None].expand(-1, -1, penult.shape[-1]))  # (B, M, C)
             pos = pos.gather(1, qpos)
@@ -327,8 +346,12 @@ class Model(nn.Module):
         for _ in range(EMD_REPEATS):
             z = last(penult, qctx, rel, query=z)
         if labels is None:
-            return z, None
-        return z[valid], labels.gather(1, qpos)[valid]
+            return z, None, None
+        targets = labels.gather(1, qpos)
+        if cap is None:
+            return z[valid], targets[valid], None
+        targets = torch.where(valid, targets, IGNORE_INDEX).reshape(-1)
+        return z.reshape(-1, z.shape[-1]), targets, (qpos, valid)
 
 
 def _document_first(segment_ids, length: int, device) -> torch.Tensor:
@@ -341,16 +364,20 @@ def _document_first(segment_ids, length: int, device) -> torch.Tensor:
     return torch.where(starts, pos, 0).cummax(dim=1).values
 
 
-def _predicted_queries(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _predicted_queries(
+    labels: torch.Tensor, capacity: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, M) labelled positions of each row in increasing order (padded with unlabelled
-    ones up to M, a multiple of EMD_QUERY_MULTIPLE) and (B, M) bool: really labelled."""
+    ones up to M) and (B, M) bool: really labelled. M = ``capacity`` when given (static,
+    checked), else the most labels in a row rounded up to a multiple of EMD_QUERY_MULTIPLE
+    (reading that count waits for the device)."""
     b, t = labels.shape
-    labelled = labels != IGNORE_INDEX
-    most = int(labelled.sum(1).max()) if b else 0
+    if capacity is not None:
+        check_capacity(labels, capacity)
+        return predicted_positions(labels, capacity)
+    most = int((labels != IGNORE_INDEX).sum(1).max()) if b else 0
     m = min(t, max(1, math.ceil(most / EMD_QUERY_MULTIPLE)) * EMD_QUERY_MULTIPLE)
-    pos = torch.arange(t, device=labels.device)
-    qpos = torch.argsort(torch.where(labelled, pos, pos + t), dim=1)[:, :m]
-    return qpos, labelled.gather(1, qpos)
+    return predicted_positions(labels, m)
 
 
 def param_counts(model: Model) -> dict[str, int]:

@@ -159,12 +159,21 @@ def _flex_attention(*args, **kwargs):
     global _compiled_flex
     from torch.nn.attention.flex_attention import flex_attention
 
-    if args[0].is_cuda:
-        if _compiled_flex is None:
-            _compiled_flex = torch.compile(flex_attention, dynamic=False)
-        return _compiled_flex(*args, **kwargs)
+    if not args[0].is_cuda:  # eager, and out of any compiled block: inductor's CPU backend
+        return _eager_flex(*args, **kwargs)  # cannot lower this score_mod
+    if torch.compiler.is_compiling():  # inside a compiled block: the kernel joins its graph
+        return flex_attention(*args, **kwargs)
+    if _compiled_flex is None:
+        _compiled_flex = torch.compile(flex_attention, dynamic=False)
+    return _compiled_flex(*args, **kwargs)
+
+
+@torch.compiler.disable
+def _eager_flex(*args, **kwargs):
+    """The eager reference FlexAttention (CPU checks of the fast path's maths, not speed)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
     with warnings.catch_warnings():
-        # The CPU path is for checking the fast path's maths, not for speed.
         warnings.filterwarnings("ignore", message=".*flex_attention called without torch.compile")
         return flex_attention(*args, **kwargs)
 

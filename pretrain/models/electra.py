@@ -31,6 +31,7 @@ from pretrain.models.common import (
     IGNORE_INDEX,
     count_params,
     gather_predicted,
+    gather_predicted_fixed,
     mlm_sums,
     rtd_sums,
     sample_replacements,
@@ -275,6 +276,10 @@ class Generator(nn.Module):
 
 
 class Model(nn.Module):
+    predict_capacity: int | None = None
+    """Labels per row the generator head decodes with static shapes (see
+    ``roberta.Model.predict_capacity``); None: exactly the labelled positions."""
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
@@ -300,7 +305,11 @@ class Model(nn.Module):
     ) -> dict[str, torch.Tensor]:
         mask = sdpa_mask_or_none(attention_mask, segment_ids)
         h = self.generator.electra(input_ids, mask)  # (B, T, Cg)
-        h, targets = gather_predicted(h, labels)  # (N, Cg), (N,)
+        cap = self.predict_capacity
+        if cap is None:
+            h, targets = gather_predicted(h, labels)  # (N, Cg), (N,)
+        else:  # static shapes: (B*K, Cg), (B*K,) and the (B, K) positions they came from
+            h, targets, pos, valid = gather_predicted_fixed(h, labels, cap)
         gen_logits = self.generator.head(h)  # (N, V)
         out = mlm_sums(gen_logits, targets)
 
@@ -308,7 +317,11 @@ class Model(nn.Module):
         predicted = labels != IGNORE_INDEX  # (B, T)
         original = torch.where(predicted, labels, input_ids)
         sampled = sample_replacements(gen_logits)  # (N,), no grad; row-major like gather_predicted
-        corrupted = original.masked_scatter(predicted, sampled)
+        if cap is None:
+            corrupted = original.masked_scatter(predicted, sampled)
+        else:  # padding slots write back the original token
+            keep = original.gather(1, pos)
+            corrupted = original.scatter(1, pos, torch.where(valid, sampled.view_as(pos), keep))
         is_replaced = corrupted != original  # a sample equal to the original is not "replaced"
 
         disc_logits = self.discriminator(corrupted, mask)  # (B, T)

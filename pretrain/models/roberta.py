@@ -26,6 +26,7 @@ from torch import nn
 from pretrain.models.common import (
     count_params,
     gather_predicted,
+    gather_predicted_fixed,
     load_hf_dir,
     mlm_sums,
     save_hf_dir,
@@ -174,6 +175,11 @@ class RobertaLMHead(nn.Module):
 
 
 class Model(nn.Module):
+    predict_capacity: int | None = None
+    """Labels per row the MLM head decodes with static shapes (``gather_predicted_fixed``);
+    None: exactly the labelled positions (``gather_predicted``). A run-time setting
+    (``pretrain.perf``), not part of the config: it changes no result, only shapes."""
+
     def __init__(self, config: Config):
         super().__init__()
         self.config = config
@@ -185,7 +191,10 @@ class Model(nn.Module):
         self, input_ids, attention_mask, labels, segment_ids=None
     ) -> dict[str, torch.Tensor]:
         h = self.roberta(input_ids, attention_mask, segment_ids)  # (B, T, C)
-        h, targets = gather_predicted(h, labels)  # (N, C), (N,)
+        if self.predict_capacity is None:
+            h, targets = gather_predicted(h, labels)  # (N, C), (N,)
+        else:
+            h, targets, _, _ = gather_predicted_fixed(h, labels, self.predict_capacity)
         logits = self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)  # (N, V)
         return mlm_sums(logits, targets)
 

@@ -46,7 +46,12 @@ def test_a_config_error_is_one_line_and_status_2(tmp_path):
     )
 
 
-def test_the_script_is_strict_bash():
-    head = SCRIPT.read_text().splitlines()[:15]
-    assert head[0] == "#!/usr/bin/env bash" and head[1] == "''':'"
-    assert "set -euo pipefail" in head
+def test_the_script_is_strict_bash_and_parses_as_both_languages():
+    text = SCRIPT.read_text()
+    lines = text.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash" and lines[1] == "''':'"
+    bash_part = text[: text.index('exec "$PYTHON" -m pretrain train "$@"')]
+    assert "set -euo pipefail" in bash_part
+    res = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr  # the Python part is one quoted word for bash
+    compile(text, str(SCRIPT), "exec")

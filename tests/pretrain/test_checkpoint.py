@@ -1,9 +1,12 @@
 """Checkpoints: COMPLETE marker + ``latest`` written last, keep-last-K, RNG states, resume
-after a kill in the middle of a save, ``load_run_model``, ``--resume never``."""
+after a kill in the middle of a save, ``load_run_model``, ``--resume never``; the universal
+conversion for world-size changes (cached, atomic, race-safe), refused ZeRO-stage changes."""
 
 import argparse
 import json
 import random
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +17,8 @@ import torch
 
 from data_pipeline.cli import CommandError
 from pretrain import checkpoint as ck
+from pretrain import engine as eng
+from pretrain import universal as uv
 from pretrain.testing import clean_env, debug_config, losses, synthetic_shards
 from pretrain.trainer import train
 
@@ -152,3 +157,84 @@ def test_resume_never_refuses_a_run_with_checkpoints_unless_overwrite(shards, tm
     assert ck.complete_tags(tmp_path / "checkpoints") == ["step_00000002", "step_00000003"]
     with pytest.raises(ck.RunDirError, match="not a run directory"):
         ck.load_run_model(tmp_path / "checkpoints")
+
+
+# ----------------------------------------------------------------------------- universal
+
+
+@pytest.fixture(scope="module")
+def zero1_tag(shards, tmp_path_factory):
+    """A (one-rank) ZeRO-1 checkpoint: partitioned optimizer state, convertible."""
+    run = tmp_path_factory.mktemp("zero1")
+    train(
+        debug_config(
+            "roberta", shards, run, *TINY, "max_steps=2", "schedule.warmup_steps=1", "zero.stage=1"
+        )
+    )
+    return run / "checkpoints" / "step_00000002"
+
+
+def _copy(tag: Path, dest: Path) -> Path:
+    shutil.copytree(tag, dest, ignore=shutil.ignore_patterns(uv.UNIVERSAL))
+    return dest
+
+
+def test_universal_conversion_is_cached_and_leaves_no_debris(zero1_tag, tmp_path, monkeypatch):
+    tag = _copy(zero1_tag, tmp_path / "step_00000002")
+    assert uv.partitioned(tag) and uv.needs_universal(tag, 2, 1)
+    assert not uv.needs_universal(tag, 1, 1)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    debris = [tag / f".universal.{kind}-{socket.gethostname()}-{dead}" for kind in ("tmp", "src")]
+    for d in debris:  # a conversion on this host that crashed
+        (d / "zero").mkdir(parents=True)
+    out = uv.ensure_universal(tag)
+    assert out == tag / "universal" and uv.is_converted(tag)
+    assert (out / "zero" / "optimizer_state.pt").is_file()
+    assert not any(d.exists() for d in debris) and not (tag / "latest_universal").exists()
+    # Cached: a second resume at yet another world size converts nothing.
+    monkeypatch.setattr(eng, "ds_to_universal", lambda *a: pytest.fail("converted twice"))
+    assert uv.ensure_universal(tag) == out
+
+
+def test_a_failed_conversion_leaves_nothing_that_looks_complete(zero1_tag, tmp_path, monkeypatch):
+    tag = _copy(zero1_tag, tmp_path / "step_00000002")
+
+    def crash(src, dst):  # killed half-way: some files written, then an error
+        (Path(dst) / "zero").mkdir(parents=True)
+        (Path(dst) / "zero" / "optimizer_state.pt").write_bytes(b"partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(eng, "ds_to_universal", crash)
+    with pytest.raises(RuntimeError, match="conversion to a universal checkpoint failed: No sp"):
+        uv.ensure_universal(tag)
+    assert not uv.is_converted(tag) and not (tag / "universal").exists()
+    assert not list(tag.glob(".universal.tmp-*"))
+
+
+def test_a_conversion_that_loses_the_race_keeps_the_winners_copy(zero1_tag, tmp_path):
+    tag = _copy(zero1_tag, tmp_path / "step_00000002")
+    elsewhere = tag / ".universal.tmp-another-host-7"  # in progress on another node
+    elsewhere.mkdir()
+    shutil.copy(tag / "mp_rank_00_model_states.pt", elsewhere)
+    out = uv.ensure_universal(tag)
+    first = (out / uv.DONE).stat().st_ino
+    uv.convert_to_universal(tag, out)  # a second process that converted at the same time
+    assert (out / uv.DONE).stat().st_ino == first
+    assert [p.name for p in tag.glob(".universal.*")] == [elsewhere.name]  # not ours to remove
+
+
+def test_zero_stage_changes_that_deepspeed_cannot_load_are_refused(tmp_path):
+    point = ck.ResumePoint(tmp_path, "step_00000004", {"step": 4, "zero_stage": 3})
+    with pytest.raises(ck.RunDirError, match="zero.stage=3, cannot be resumed with zero.stage=1"):
+        ck.check_zero_stage(point, 1)
+    ck.check_zero_stage(point, 3)
+    ck.check_zero_stage(ck.ResumePoint(tmp_path, "t", {"zero_stage": 1}), 2)  # same layout
+    with pytest.raises(ck.RunDirError, match="stages 1 and 2 are interchangeable"):
+        ck.check_zero_stage(ck.ResumePoint(tmp_path, "t", {"zero_stage": 0}), 2)
+
+
+def test_on_rank0_in_one_process_returns_and_raises_as_is():
+    assert eng.on_rank0(lambda: 41 + 1, "sum") == 42
+    with pytest.raises(ZeroDivisionError):
+        eng.on_rank0(lambda: 1 / 0, "division")

@@ -1,10 +1,13 @@
-"""Two gloo ranks on CPU: ZeRO 0-3 match one rank, exact resume after SIGTERM and after an
-in-process stop, rank 0's clock agreed for time-based checkpoints, and a 2-rank ZeRO
-checkpoint resumed on 1 rank through DeepSpeed's universal format.
+"""Two gloo ranks on CPU: ZeRO 0-3 match one rank, under every launcher (the DeepSpeed
+launcher, torchrun, ``mpirun``); exact resume after SIGTERM and after an in-process stop;
+rank 0's clock agreed for time-based checkpoints; and world-size changes: 2 ranks -> 1 rank
+-> 2 ranks at ZeRO 1 and 3 (DeepSpeed's universal format) with losses of the uninterrupted
+run and a per-step sample audit showing nothing lost or repeated; stages 0 and 2 on 1 rank.
 
-Process start-up is the cost, so the module runs three launches in one fixture: the
+Process start-up is the cost, so the module runs five launches in one fixture: the
 DeepSpeed launcher twice (``deepspeed --num_gpus 2 launch/pretrain.sh``: SIGTERM, then
-resume) and torchrun once for all the other two-rank runs (``python -m pretrain.testing``).
+resume), torchrun once for all the other two-rank runs (``python -m pretrain.testing``), and
+``mpirun`` twice (``python -m pretrain train``; the chains' last two-rank phase).
 """
 
 import json
@@ -17,6 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from pretrain import audit
 from pretrain.checkpoint import complete_tags
 from pretrain.testing import REPO, clean_env, debug_config, losses, synthetic_shards
 from pretrain.trainer import train
@@ -38,6 +42,13 @@ COMMON = [
     "logging.every_steps=1",
 ]
 KEYS = ("loss", "mlm_acc", "grad_norm", "eval_loss")
+CHAIN = [
+    "logging.audit_samples=true",
+    "eval.every_steps=0",
+    "eval.at_end=false",
+    "checkpoint.keep_last=5",
+]
+CHAIN_STAGES = (1, 3)  # world-size change 2 -> 1 -> 2 ranks at these ZeRO stages
 
 
 def _port() -> int:
@@ -65,6 +76,14 @@ def _deepspeed(shards, run_dir, *extra):
     return subprocess.Popen(
         cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+
+
+def _mpirun(args: list[str]) -> subprocess.CompletedProcess:
+    """``mpirun -n 2 python ARGS`` (the venv's MPICH; ranks from mpi4py, our port)."""
+    mpirun = str(Path(sys.executable).parent / "mpirun")
+    env = clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()))
+    cmd = [mpirun, "-n", "2", sys.executable, *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 def _sigterm_when_step_logged(proc, run_dir: Path, timeout: float = 240.0) -> None:
@@ -122,6 +141,15 @@ def runs(tmp_path_factory):
             ),
         },
         {"config": cfg, "overrides": _overrides(shards, base / "zero3", "zero.stage=3")},
+        *(  # world-size chains, phase 1: 2 ranks, steps 1-3
+            {
+                "config": cfg,
+                "overrides": _overrides(
+                    shards, base / f"chain{z}", f"zero.stage={z}", "max_steps=3", *CHAIN
+                ),
+            }
+            for z in CHAIN_STAGES
+        ),
         {
             "config": cfg,
             "overrides": _overrides(
@@ -149,8 +177,24 @@ def runs(tmp_path_factory):
         timeout=600,
     )
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
-    # 4. One rank, same global batch, in this process.
+    # 4. One rank, same global batch, in this process; the chains' phase 2 (steps 4-5).
     train(debug_config("roberta", shards, base / "one-rank", *COMMON))
+    for z in CHAIN_STAGES:
+        extra = (f"zero.stage={z}", "max_steps=5", *CHAIN)
+        train(debug_config("roberta", shards, base / f"chain{z}", *COMMON, *extra))
+    # 5. mpirun: the same training as zero0; then the chains' phase 3 (2 ranks, steps 6-8).
+    res = _mpirun(["-m", "pretrain", "train", "--config", cfg, *_overrides(shards, base / "mpi")])
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    spec = [
+        {
+            "config": cfg,
+            "overrides": _overrides(shards, base / f"chain{z}", f"zero.stage={z}", *CHAIN),
+        }
+        for z in CHAIN_STAGES
+    ]
+    (base / "chains.json").write_text(json.dumps(spec))
+    res = _mpirun(["-m", "pretrain.testing", str(base / "chains.json")])
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     return {
         "base": base,
         "shards": shards,
@@ -166,7 +210,7 @@ def _assert_close(a: dict, b: dict, tol: float) -> None:
         assert abs(a[step] - b[step]) <= tol * max(1.0, abs(b[step])), (step, a[step], b[step])
 
 
-@pytest.mark.parametrize("run", ["zero0", "zero1", "zero2", "zero3", "sigterm"])
+@pytest.mark.parametrize("run", ["zero0", "zero1", "zero2", "zero3", "sigterm", "mpi"])
 def test_two_ranks_match_one_rank(runs, run):
     one, two = runs["base"] / "one-rank", runs["base"] / run
     assert sorted(losses(two)) == list(range(1, STEPS + 1))
@@ -195,13 +239,45 @@ def test_time_based_checkpoints_are_agreed_by_all_ranks(runs):
     assert tags == [f"step_{STEPS - 1:08d}", f"step_{STEPS:08d}"]  # keep_last=2
 
 
-def test_two_rank_zero_checkpoint_resumes_on_one_rank(runs, tmp_path):
-    """World-size change: DeepSpeed's universal checkpoint, same global batch, same losses."""
-    ckpt = runs["base"] / "zero1/checkpoints/step_00000003"
-    s = train(
-        debug_config("roberta", runs["shards"], tmp_path, *COMMON, "zero.stage=1"), resume=str(ckpt)
-    )
-    assert s.resumed_from.step == 3 and (ckpt / "universal").is_dir()
+@pytest.mark.parametrize("stage", CHAIN_STAGES)
+def test_world_size_2_1_2_continues_the_run_and_the_sample_sequence(runs, stage):
+    """2 ranks (steps 1-3) -> 1 rank (4-5) -> 2 ranks under mpirun (6-8), ZeRO 1 and 3."""
+    chain, ref = runs["base"] / f"chain{stage}", runs["base"] / f"zero{stage}"
+    for key in ("loss", "mlm_acc", "grad_norm"):
+        _assert_close(losses(chain, key), losses(ref, key), 1e-5)
+    tags = chain / "checkpoints"
+    assert (tags / "step_00000003/universal/UNIVERSAL_COMPLETE").is_file()  # 2 -> 1
+    assert (tags / "step_00000005/universal/UNIVERSAL_COMPLETE").is_file()  # 1 -> 2
+    assert not list(tags.glob("*/.universal.tmp-*")) and not list(tags.glob("*/latest_universal"))
+    report = audit.check(chain)
+    assert report["ok"], report["problems"]
+    assert report["steps"] == STEPS and report["epochs"] == {
+        0: {
+            "steps": STEPS,
+            "rows": 16 * STEPS,  # rows 0..127, each exactly once, in global-batch order
+            "repeated": 0,
+            "missing": 0,
+            "misplaced": 0,
+            "empty": 0,
+            "complete": False,
+        }
+    }
+    worlds = [
+        json.loads(line)["world_size"]
+        for f in sorted((chain / "audit").glob("rank*.jsonl"))
+        for line in f.read_text().splitlines()
+    ]
+    assert sorted(worlds) == sorted([2] * 6 + [1] * 2 + [2] * 6)
+
+
+@pytest.mark.parametrize(("run", "step"), [("zero0", 6), ("zero1", 3), ("zero2", 7)])
+def test_two_rank_checkpoint_resumes_on_one_rank_at_stages_0_1_2(runs, tmp_path, run, step):
+    """Stage 0 loads as it is (no partitioned state); stages 1-2 through the universal format."""
+    ckpt = runs["base"] / f"{run}/checkpoints/step_{step:08d}"
+    cfg = debug_config("roberta", runs["shards"], tmp_path, *COMMON, f"zero.stage={run[-1]}")
+    s = train(cfg, resume=str(ckpt))
+    assert s.resumed_from.step == step and (ckpt / "universal").is_dir() == (run != "zero0")
     got = losses(tmp_path)
-    assert sorted(got) == list(range(4, STEPS + 1))
-    _assert_close(got, {k: v for k, v in losses(runs["base"] / "zero1").items() if k > 3}, 1e-5)
+    assert sorted(got) == list(range(step + 1, STEPS + 1))
+    want = {k: v for k, v in losses(runs["base"] / run).items() if k > step}
+    _assert_close(got, want, 1e-5)
