@@ -12,9 +12,11 @@ Measured in one run on this machine:
 
 * bare tokenizer: ``Tokenizer.encode_batch`` and ``encode_batch_with_word_starts`` over the
   same texts in ~256 K-character batches (what preprocess hands the tokenizer);
-* preprocess per core: tokens per CPU-second of a 1-rank run (CPU seconds, from
-  ``time.process_time``, hardly move with other load on the machine; the bare tokenizer is
-  timed the same way), and its ratio to the bare tokenizer;
+* preprocess per core: tokens per CPU-second of a 1-rank run pinned to one core, like the
+  bare tokenizer (CPU seconds, from ``time.process_time``, move less with other load on
+  the machine than wall time), and its ratio to the bare tokenizer. Both make the same
+  tokenizer call on the same batches of documents; pinned alike, so that neither pays for
+  or profits from threads the other does not have;
 * preprocess wall clock: one process pinned to one core, ``mpirun -n 2`` (speed-up over the
   pinned run), ``--workers 2``, and one unpinned process. Times are the command's own, from
   reading the inputs to writing the manifest (interpreter start-up excluded).
@@ -133,7 +135,7 @@ def table(rows: dict[str, dict]) -> list[str]:
     lines = [
         "Per core (tokens per CPU-second):",
         "",
-        "| corpus | bare encode | bare encode + word starts | preprocess, 1 rank "
+        "| corpus | bare encode | bare encode + word starts | preprocess, 1 rank pinned "
         "| preprocess / encode | preprocess / encode + word starts |",
         "|---|---:|---:|---:|---:|---:|",
     ]
@@ -141,7 +143,7 @@ def table(rows: dict[str, dict]) -> list[str]:
         e, ews, pre = (
             m["bare"]["encode_batch"],
             m["bare"]["encode_batch_with_word_starts"],
-            m["one"]["per_cpu"],
+            m["pin"]["per_cpu"],  # pinned to one core, as the bare tokenizer is
         )
         lines.append(
             f"| {name} | {e / 1e6:.2f} M | {ews / 1e6:.2f} M | {pre / 1e6:.2f} M "

@@ -55,21 +55,28 @@ def _iter_lines(fh, pos: int, lineno: int, chunk: int, keep_long: bool) -> Itera
         pos += len(frag)
         if len(frag) < chunk or frag.endswith(b"\n"):  # the common case: one read, one line
             yield _Line(start, pos, lineno, frag, _term(frag), not frag or frag.isspace())
-            lineno += 1
-            continue
-        parts = [frag] if keep_long else None
-        blank, tail = frag.isspace(), frag[-2:]
-        while frag := fh.readline(chunk):
-            pos += len(frag)
-            blank = blank and frag.isspace()
-            tail = (tail + frag)[-2:]
-            if parts is not None:
-                parts.append(frag)
-            if len(frag) < chunk or frag.endswith(b"\n"):
-                break
-        data = b"".join(parts) if parts is not None else None
-        yield _Line(start, pos, lineno, data, _term(tail), blank)
+        else:
+            ln = _rest_of_line(fh, frag, start, lineno, chunk, keep_long)
+            pos = ln.end
+            yield ln
         lineno += 1
+
+
+def _rest_of_line(fh, frag: bytes, start: int, lineno: int, chunk: int, keep: bool) -> _Line:
+    """The line that starts with ``frag`` (a full ``chunk`` without its end), read to its end."""
+    pos = start + len(frag)
+    parts = [frag] if keep else None
+    blank, tail = frag.isspace(), frag[-2:]
+    while frag := fh.readline(chunk):
+        pos += len(frag)
+        blank = blank and frag.isspace()
+        tail = (tail + frag)[-2:]
+        if parts is not None:
+            parts.append(frag)
+        if len(frag) < chunk or frag.endswith(b"\n"):
+            break
+    data = b"".join(parts) if parts is not None else None
+    return _Line(start, pos, lineno, data, _term(tail), blank)
 
 
 def _align(fh, start: int, chunk: int) -> int:
@@ -242,22 +249,41 @@ def _emit(doc_id: str, pieces, stats: ReadStats) -> Iterator[Document]:
         yield Document(doc_id, prev, final=True)
 
 
-def _txt_text(raw: _RawDoc, where: str, opts: ReadOptions, stats: ReadStats) -> str | None:
-    """The text of a txt document held in memory; None if it is skipped (and counted)."""
-    data = raw.data[3:] if raw.start == 0 and raw.data.startswith(BOM) else raw.data
-    return _decode(data, where, raw.start, opts, stats)
+def _txt_text(
+    data: bytes, start: int, where: str, opts: ReadOptions, stats: ReadStats
+) -> str | None:
+    """The text of a txt document held in memory (``data``, from byte ``start`` of the
+    file); None if it is skipped (and counted)."""
+    data = data[3:] if start == 0 and data.startswith(BOM) else data
+    return _decode(data, where, start, opts, stats)
 
 
-def _jsonl_text(raw: _RawDoc, where: str, opts: ReadOptions, stats: ReadStats) -> str | None:
-    """The text field of one jsonl line; None if it is skipped (and counted)."""
-    data = raw.data[3:] if raw.start == 0 and raw.data.startswith(BOM) else raw.data
-    line = _decode(data, where, raw.start, opts, stats)
+_scan_json = json.JSONDecoder().scan_once  # json's C scanner, what json.loads calls inside
+
+
+def _json_object(line: str):
+    """``json.loads(line)``, or None when it is not JSON. A line that starts with "{" goes
+    straight to the scanner: ``json.loads`` adds ~1 us of Python wrappers per call."""
+    try:
+        if line.startswith("{"):
+            obj, end = _scan_json(line, 0)
+            # what json.loads allows after the value: JSON whitespace only
+            return obj if end == len(line) or not line[end:].strip(" \t\n\r") else None
+        return json.loads(line)
+    except (ValueError, StopIteration):
+        return None
+
+
+def _jsonl_text(
+    data: bytes, start: int, where: str, opts: ReadOptions, stats: ReadStats
+) -> str | None:
+    """The text field of one jsonl line (``data``, from byte ``start`` of the file); None if
+    it is skipped (and counted)."""
+    data = data[3:] if start == 0 and data.startswith(BOM) else data
+    line = _decode(data, where, start, opts, stats)
     if line is None:
         return None
-    try:
-        obj = json.loads(line)
-    except ValueError:
-        obj = None
+    obj = _json_object(line)
     if not isinstance(obj, dict):
         stats.note("invalid_json", where)
         return None
@@ -295,11 +321,46 @@ def _documents(fh, f: InputFile, raws, opts: ReadOptions, stats: ReadStats) -> I
         if raw.data is None:  # too long to hold: checked, then streamed in pieces
             yield from _emit(where, _stream_long(fh, raw, where, opts, stats), stats)
             continue
-        text = _jsonl_text(raw, where, opts, stats) if jsonl else _txt_text(raw, where, opts, stats)
+        text = (_jsonl_text if jsonl else _txt_text)(raw.data, raw.start, where, opts, stats)
         if text is None:
             continue
         if not text or text.isspace():
             stats.note("empty", where)
+        elif len(text) <= limit:
+            stats.documents += 1
+            yield Document(where, text)
+        else:
+            yield from _emit(where, split_pieces(text, limit), stats)
+
+
+def _line_documents(
+    fh, f: InputFile, pos: int, lineno: int, end: int, opts: ReadOptions, stats: ReadStats
+) -> Iterator[Document]:
+    """One document per line (jsonl, txt with ``line``): ``_iter_lines``, ``_line_docs`` and
+    ``_documents`` fused into one loop with no record per line, as this runs once per
+    document of most corpora. A line longer than ``chunk_bytes`` takes the general path."""
+    chunk, name, limit = opts.chunk_bytes, f.name, opts.max_piece_chars
+    keep = f.gz or f.fmt == "jsonl"  # jsonl needs whole lines; gzip cannot re-read
+    text_of = _jsonl_text if f.fmt == "jsonl" else _txt_text
+    readline, note = fh.readline, stats.note
+    while pos < end and (frag := readline(chunk)):
+        start = pos
+        pos += len(frag)
+        if len(frag) >= chunk and not frag.endswith(b"\n"):
+            ln = _rest_of_line(fh, frag, start, lineno, chunk, keep)
+            pos, lineno = ln.end, lineno + 1
+            yield from _documents(fh, f, _line_docs(iter([ln]), end), opts, stats)
+            continue
+        lineno += 1
+        if frag.isspace():
+            continue
+        where = f"{name}:{lineno - 1}"
+        data = frag[:-2] if frag.endswith(b"\r\n") else frag[:-1] if frag[-1] == 10 else frag
+        text = text_of(data, start, where, opts, stats)
+        if text is None:
+            continue
+        if not text or text.isspace():
+            note("empty", where)
         elif len(text) <= limit:
             stats.documents += 1
             yield Document(where, text)
@@ -327,12 +388,12 @@ def read_text_segment(
                 if f.fmt == "txt" and opts.doc_sep == "blank-line" and pos > 0:
                     skipping = not _prev_line_blank(fh, pos)
                 fh.seek(pos)
-                keep = f.gz or f.fmt == "jsonl"  # jsonl needs whole lines; gzip cannot re-read
+                if f.fmt == "jsonl" or opts.doc_sep == "line":
+                    yield from _line_documents(fh, f, pos, lineno, seg.end, opts, stats)
+                    return
+                keep = f.gz  # gzip cannot re-read
                 lines = _iter_lines(fh, pos, lineno, chunk, keep)
-                if f.fmt == "txt" and opts.doc_sep == "blank-line":
-                    raws = _block_docs(lines, seg.end, skipping, chunk, keep)
-                else:
-                    raws = _line_docs(lines, seg.end)
+                raws = _block_docs(lines, seg.end, skipping, chunk, keep)
             yield from _documents(fh, f, raws, opts, stats)
     except (gzip.BadGzipFile, EOFError) as e:
         raise ReaderError(f"{f.path}: corrupt or truncated gzip file ({e})") from e

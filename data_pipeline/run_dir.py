@@ -120,7 +120,7 @@ def finish_manifest(ctx, tok, records: list[dict], n_units: int, plan_stats: Rea
         for sp in ("train", "valid")
     }
     out = Path(ctx.out_dir)
-    tok.save(out / "tokenizer")
+    tok.save(out / "tokenizer", copy_from=ctx.tokenizer_dir)
     manifest = Manifest(
         tokenizer=tok.describe(),
         dtype=ctx.dtype,

@@ -176,11 +176,14 @@ class Tokenizer:
 
         return train_and_save(cls, texts, out_dir, vocab_size, kind, family, max_train_bytes)
 
-    def save(self, out_dir) -> None:
-        """Write our files plus HF's (tokenizer.json, tokenizer_config.json, ...)."""
+    def save(self, out_dir, copy_from=None) -> None:
+        """Write our files plus HF's (tokenizer.json, tokenizer_config.json, ...).
+
+        ``copy_from``: the directory this tokenizer was loaded from; when ``save`` wrote it
+        for this very tokenizer (same fingerprint), its files are copied as they are."""
         from data_pipeline.tokenizer_io import save_dir
 
-        save_dir(self, out_dir)
+        save_dir(self, out_dir, copy_from)
 
     # -- encoding --------------------------------------------------------------------------
     def encode(self, text: str) -> np.ndarray:
@@ -233,8 +236,26 @@ class Tokenizer:
     def encode_batch_with_word_starts(
         self, texts: list[str], segment_zh: bool = False
     ) -> list[tuple[np.ndarray, np.ndarray]]:
+        flat, starts, bounds = self.encode_flat_with_word_starts(texts, segment_zh)
+        return list(zip(_split(flat, bounds), _split(starts, bounds), strict=True))
+
+    def encode_flat_with_word_starts(
+        self, texts: list[str], segment_zh: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``encode_batch_with_word_starts`` concatenated: (all ids, all flags, the token
+        bounds of each text, ``len(texts) + 1``). Preprocessing writes whole batches from
+        these, with no array per text."""
         if self._offsets_only or (segment_zh and not self._backend.lossless):
-            return [self._encode_by_offsets(t, segment_zh) for t in texts]
+            pairs = [self._encode_by_offsets(t, segment_zh) for t in texts]
+            bounds = np.zeros(len(texts) + 1, dtype=np.int64)
+            np.cumsum([len(ids) for ids, _ in pairs], out=bounds[1:])
+            if not pairs:
+                return np.zeros(0, np.int64), np.zeros(0, bool), bounds
+            return (
+                np.concatenate([p[0] for p in pairs]),
+                np.concatenate([p[1] for p in pairs]),
+                bounds,
+            )
         flat, bounds = self._encode_flat(texts)
         starts = starts_from_tables(flat, bounds[:-1], self._begins, self._ends, self._special_mask)
         if segment_zh:
@@ -242,7 +263,7 @@ class Tokenizer:
                 if HAN_RUN.search(t):
                     lo, hi = bounds[k], bounds[k + 1]
                     starts[lo:hi] |= self._zh_flags(t, flat[lo:hi])
-        return list(zip(_split(flat, bounds), _split(starts, bounds), strict=True))
+        return flat, starts, bounds
 
     def _zh_flags(self, text: str, ids: np.ndarray) -> np.ndarray:
         """jieba word starts of a lossless encoding, one ~MAX_CHARS piece at a time."""

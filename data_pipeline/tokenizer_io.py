@@ -38,6 +38,7 @@ META_NAME = "tokenizer_meta.json"
 META_FORMAT = "encoder-pretraining-tokenizer"
 META_VERSION = 1
 SPM_NAMES = ("spm.model", "spiece.model")
+HF_CONFIG_NAMES = ("tokenizer_config.json", "special_tokens_map.json")  # write_hf_configs
 
 
 def _error(msg: str) -> TokenizerError:
@@ -141,7 +142,24 @@ def load_dir(cls, path):
     return cls(backend, tokens, added, flags)
 
 
-def save_dir(tok, out_dir) -> None:
+def _saved_copy(tok, src: Path, names: set[str]) -> dict[str, bytes] | None:
+    """The files of ``src`` if it is a directory ``save`` wrote for this very tokenizer
+    (our metadata, the same fingerprint, every file there), else None."""
+    try:
+        meta = json.loads((src / META_NAME).read_text(encoding="utf-8"))
+        if not (
+            isinstance(meta, dict)
+            and meta.get("format") == META_FORMAT
+            and meta.get("version") == META_VERSION
+            and meta.get("fingerprint") == tok.fingerprint
+        ):
+            return None
+        return {name: (src / name).read_bytes() for name in sorted(names)}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+def save_dir(tok, out_dir, copy_from=None) -> None:
     d = Path(out_dir)
     try:
         d.mkdir(parents=True, exist_ok=True)
@@ -152,12 +170,22 @@ def save_dir(tok, out_dir) -> None:
     writes = {engine, "tokenizer.json"} | (
         {"vocab.json", "merges.txt"} if tok.kind == "bytelevel" else set()
     )
+    copied = None
+    if copy_from is not None:
+        if Path(copy_from).resolve() == d.resolve():
+            return
+        # rebuilding tokenizer.json from the engine costs ~0.1 s, copying it ~1 ms
+        copied = _saved_copy(tok, Path(copy_from), writes | set(HF_CONFIG_NAMES) | {META_NAME})
     if (d / META_NAME).is_file():
         # replacing an earlier tokenizer: until the new metadata exists the directory must
         # not pass for the old one, and none of the old engine files may linger
         (d / META_NAME).unlink()
         for name in {*SPM_NAMES, "vocab.json", "merges.txt"} - writes:
             (d / name).unlink(missing_ok=True)
+    if copied is not None:
+        for name, data in sorted(copied.items(), key=lambda kv: kv[0] == META_NAME):
+            _write_bytes(d / name, data)  # the metadata last, as below
+        return
     if engine == "spm.model":
         _write_bytes(d / engine, backend.proto_bytes)
     elif tok.kind == "bytelevel":  # RoBERTa/fairseq-style vocab.json + merges.txt as well

@@ -1,9 +1,11 @@
 """One work unit -> its shards and its progress record (what each rank or worker runs).
 
-Documents are tokenized in batches (``encode_batch_with_word_starts`` over ~1 MB of text at
-a time: the per-call overhead is amortised and no Python code runs per token), then written
-in input order to ``train-u<unit>-<k>.tar`` / ``valid-u<unit>-<k>.tar``, a new shard each
-time one reaches the shard size. When the unit's shards are complete, its progress record
+Documents are tokenized in batches (``encode_flat_with_word_starts`` over ~256 K characters
+at a time: the per-call overhead is amortised and no Python code runs per token) and each
+batch goes to the shard writer whole (``PackedDocs``: no numpy call per document, which
+for short documents would cost as much as encoding them), in input order, to
+``train-u<unit>-<k>.tar`` / ``valid-u<unit>-<k>.tar``, a new shard each time one reaches
+the shard size. When the unit's shards are complete, its progress record
 ``.progress/unit-<unit>.json`` (shard infos and read statistics) is written atomically: a
 unit with a record is finished, a unit without one is redone from scratch on the next run.
 """
@@ -21,7 +23,13 @@ import numpy as np
 from data_pipeline.partition import WorkUnit
 from data_pipeline.readers import Document, InputFile, ReadOptions, ReadStats, read_segment
 from data_pipeline.run_dir import PROGRESS_DIR
-from data_pipeline.shards import ShardInfo, ShardWriter, atomic_write_text, check_shard
+from data_pipeline.shards import (
+    PackedDocs,
+    ShardInfo,
+    ShardWriter,
+    atomic_write_text,
+    check_shard,
+)
 
 BATCH_CHARS = 1 << 18  # text per tokenizer call: amortises the call, bounds its memory
 BATCH_DOCS = 4096
@@ -81,13 +89,20 @@ class _SplitWriter:
         self.writer: ShardWriter | None = None
         self.infos: list[ShardInfo] = []
 
-    def add(self, key: str, doc_id: str, ids: np.ndarray, ws: np.ndarray) -> None:
-        if self.writer is None:
-            name = f"{self.split}-{unit_stem(self.unit)}-{len(self.infos):03d}.tar"
-            self.writer = ShardWriter(self.ctx.out_dir, name, self.ctx.dtype)
-        self.writer.add(key, doc_id, ids, ws)
-        if self.writer.bytes_written >= self.ctx.shard_bytes:
-            self.close()
+    def add_batch(
+        self, docs: PackedDocs, which: list[int], keys: list[str], doc_ids: list[str]
+    ) -> None:
+        """Documents ``which`` of ``docs``, in order; a new shard whenever one is full."""
+        done, limit = 0, self.ctx.shard_bytes
+        while done < len(which):
+            if self.writer is None:
+                name = f"{self.split}-{unit_stem(self.unit)}-{len(self.infos):03d}.tar"
+                self.writer = ShardWriter(self.ctx.out_dir, name, self.ctx.dtype)
+            if done:  # the rest of a batch that filled a shard
+                which, keys, doc_ids, done = which[done:], keys[done:], doc_ids[done:], 0
+            done += self.writer.add_batch(docs, which, keys, doc_ids, stop_at=limit)
+            if self.writer.bytes_written >= limit:
+                self.close()
 
     def close(self) -> None:
         if self.writer is not None:
@@ -113,28 +128,57 @@ def process_unit(ctx: UnitContext, unit: WorkUnit, tok) -> dict:
     writers = {s: _SplitWriter(ctx, s, unit.index) for s in ("train", "valid")}
     pending: list[Document] = []  # documents (or pieces) awaiting the tokenizer
     parts: list[tuple[np.ndarray, np.ndarray]] = []  # token pieces of a long document
-    all_valid, fraction = unit.source == "valid", ctx.valid_fraction
+    all_valid, fraction, stem = unit.source == "valid", ctx.valid_fraction, unit_stem(unit.index)
     n_docs, chars = 0, 0
 
-    def flush() -> None:
+    def write(docs: PackedDocs, which: list[int], doc_ids: list[str]) -> None:
+        """Number documents ``which`` of ``docs`` in order and send each to its split."""
         nonlocal n_docs
-        texts = [d.text for d in pending]
-        encoded = tok.encode_batch_with_word_starts(texts, segment_zh=ctx.segment_zh)
-        for doc, (ids, ws) in zip(pending, encoded, strict=True):
-            if parts or not doc.final:  # a piece: 2-4 bytes a token while the document grows
-                parts.append((ids.astype(ctx.dtype), ws))
-                if not doc.final:
+        keys = [f"{stem}-{k:08d}" for k in range(n_docs, n_docs + len(which))]
+        n_docs += len(which)
+        if all_valid or fraction <= 0:
+            writers["valid" if all_valid else "train"].add_batch(docs, which, keys, doc_ids)
+            return
+        to_valid = [goes_to_valid(d, fraction) for d in doc_ids]
+        for split, flag in (("train", False), ("valid", True)):
+            sel = [k for k, v in enumerate(to_valid) if v == flag]
+            if sel:
+                writers[split].add_batch(
+                    docs, [which[k] for k in sel], [keys[k] for k in sel], [doc_ids[k] for k in sel]
+                )
+
+    def emit(docs: PackedDocs, which, lens: list[int], doc_ids: list[str]) -> None:
+        """Documents ``which`` of ``docs`` (ids aligned), those with tokens, to write()."""
+        keep = [k for k in which if lens[k]]
+        if len(keep) < len(which):
+            for k, doc_id in zip(which, doc_ids, strict=True):
+                if not lens[k]:
+                    stats.note("no_tokens", doc_id)
+            doc_ids = [doc_id for k, doc_id in zip(which, doc_ids, strict=True) if lens[k]]
+        if keep:
+            write(docs, keep, doc_ids)
+
+    def flush() -> None:
+        """Encode the pending documents and write them, the whole batch at a time."""
+        ids, starts, bounds = tok.encode_flat_with_word_starts(
+            [d.text for d in pending], segment_zh=ctx.segment_zh
+        )
+        docs, lens = PackedDocs(ids, starts, bounds, ctx.dtype), np.diff(bounds).tolist()
+        lo = 0  # pending[lo:k] are whole documents not yet written
+        if parts or not all(d.final for d in pending):  # pieces of a long document
+            for k, doc in enumerate(pending):
+                if not parts and doc.final:
                     continue
-                ids = np.concatenate([p[0] for p in parts])
-                ws = np.concatenate([p[1] for p in parts])
-                parts.clear()
-            if len(ids) == 0:
-                stats.note("no_tokens", doc.id)
-                continue
-            valid = all_valid or (fraction > 0 and goes_to_valid(doc.id, fraction))
-            key = f"{unit_stem(unit.index)}-{n_docs:08d}"
-            writers["valid" if valid else "train"].add(key, doc.id, ids, ws)
-            n_docs += 1
+                emit(docs, range(lo, k), lens, [d.id for d in pending[lo:k]])
+                lo = k + 1
+                piece = slice(bounds[k], bounds[k + 1])
+                parts.append((ids[piece].astype(ctx.dtype), starts[piece]))  # 2-4 bytes a token
+                if doc.final:
+                    whole = [np.concatenate(p) for p in zip(*parts, strict=True)]
+                    parts.clear()
+                    n = len(whole[0])
+                    emit(PackedDocs(*whole, [0, n], ctx.dtype), [0], [n], [doc.id])
+        emit(docs, range(lo, len(pending)), lens, [d.id for d in pending[lo:]])
         pending.clear()
 
     try:

@@ -36,9 +36,13 @@ step "shards -> $WORK/shards"
     --input "$WORK/corpus/train.jsonl" --valid-input "$WORK/corpus/valid.jsonl" \
     --tokenizer "$WORK/tokenizer" --out "$WORK/shards" --shard-size 256K
 
+step "inspect the shards (totals, checksums, a decoded sample)"
+python -m data_pipeline inspect "$WORK/shards" --verify --samples 1
+
 train() {  # the same command both times: the second one resumes from the checkpoint
     deepspeed --num_gpus "$NGPU" launch/pretrain.sh --config configs/quickstart.toml \
-        "data.shard_dir=\"$WORK/shards\"" "run_dir=\"$WORK/run\"" "max_steps=$1"
+        "data.shard_dir=\"$WORK/shards\"" "run_dir=\"$WORK/run\"" "max_steps=$1" \
+        "schedule.total_steps=$((2 * K))"
 }
 step "train to step $K on $NGPU ranks -> $WORK/run"
 train "$K"
@@ -60,5 +64,8 @@ hi, lo = max(r["eval_loss"] for r in rows), min(r["eval_loss"] for r in rows)
 for r in rows:  # bar: where the loss sits between the lowest and the highest value
     bar = "#" * (1 + round(50 * (r["eval_loss"] - lo) / max(hi - lo, 1e-9)))
     print(f"step {r['step']:>5}  eval_loss {r['eval_loss']:.3f}  acc {r['eval_mlm_acc']:.3f}  {bar}")
-print(f"validation MLM loss {rows[0]['eval_loss']:.3f} -> {rows[-1]['eval_loss']:.3f}")
+first, last = rows[0]["eval_loss"], rows[-1]["eval_loss"]
+print(f"validation MLM loss {first:.3f} -> {last:.3f}")
+if not last < 0.9 * first:  # an untrained model sits at ln(vocab); training must beat it
+    sys.exit(f"quickstart: the validation loss did not fall by 10 % ({first:.3f} -> {last:.3f})")
 PY

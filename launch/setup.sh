@@ -25,6 +25,10 @@ want="$(cat pyproject.toml launch/setup.sh | sha256sum | cut -c1-16)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
+# The dev install is a superset of the runtime one: nothing to do after the tests' set-up.
+if [ -z "$EXTRA" ] && [ -f "$VENV/.installed-dev" ] && [ "$(cat "$VENV/.installed-dev")" = "$want" ]; then
+    exit 0
+fi
 
 python -m pip install -q --upgrade pip
 if ! python -c "import torch" 2>/dev/null; then

@@ -6,8 +6,9 @@
     RUN_DIR/metrics.jsonl, tensorboard/ (pretrain.metrics)
     RUN_DIR/checkpoints/latest          name of the newest complete checkpoint, written LAST
     RUN_DIR/checkpoints/step_00001000/  one checkpoint:
-        *.pt, zero_to_fp32.py             DeepSpeed engine state (model, optimizer, scheduler,
-                                          ZeRO partitions), client state with the trainer state
+        *.pt                              DeepSpeed engine state (model, optimizer, scheduler,
+                                          ZeRO partitions), client state with the trainer state;
+                                          read weights-only (pretrain.engine), never unpickled
         ranks/rank00000.pt                per rank: RNG states (python, numpy, torch, cuda)
                                           and the data-loader position
         config.toml, model.json           resolved run config; the model's exact Config
@@ -37,6 +38,7 @@ import torch
 
 from data_pipeline.cli import CommandError
 from data_pipeline.shards import atomic_write_text
+from pretrain.models.common import load_torch_file
 from pretrain.universal import UNIVERSAL
 
 CHECKPOINTS = "checkpoints"
@@ -289,6 +291,8 @@ class Checkpointer:
                 client = eng.load(point.tag_dir, UNIVERSAL)
             else:
                 client = eng.load(point.root, point.tag)
+        except ValueError as e:  # e.g. a file DeepSpeed's loader would fully unpickle
+            raise RunDirError(str(e)) from e
         except RuntimeError as e:  # e.g. parameter shapes changed: one line, not a traceback
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
             raise RunDirError(
@@ -298,9 +302,9 @@ class Checkpointer:
         own = _rank_file(point.tag_dir, eng.rank)
         source = own if same_world and own.exists() else _rank_file(point.tag_dir, 0)
         try:
-            state = torch.load(source, map_location="cpu", weights_only=True)
-        except (OSError, RuntimeError) as e:
-            raise RunDirError(f"{source}: unreadable rank state ({e})") from e
+            state = load_torch_file(source)
+        except ValueError as e:  # unreadable, or more than tensors and containers
+            raise RunDirError(f"unreadable rank state: {e}") from e
         # The loader's position is global (epoch, samples consumed): any rank's file works.
         try:
             loader.load_state_dict(state["loader"])
@@ -320,6 +324,9 @@ def load_run_model(run_dir: str | os.PathLike):
     """(model in eval mode with consolidated fp32 weights, tokenizer directory) of a run.
 
     The newest complete checkpoint (any ZeRO stage), else the final HF export in RUN_DIR/hf.
+    Never runs code from the run directory: checkpoint files are read weights-only
+    (``pretrain.engine.consolidated_state_dict``), an export through safetensors; a file
+    that would need a full unpickle is refused with a one-line ``RunDirError``.
     """
     from pretrain.models import arch_module
 
@@ -332,7 +339,10 @@ def load_run_model(run_dir: str | os.PathLike):
         info = json.loads((root / tag / "model.json").read_text())
         mod = arch_module(info["arch"])
         model = mod.Model(mod.Config(**info["config"]))
-        state = consolidated_state_dict(root, tag)
+        try:  # weights-only reads: nothing pickled in the checkpoint runs
+            state = consolidated_state_dict(root / tag, model)
+        except ValueError as e:
+            raise RunDirError(str(e)) from e
         missing, unexpected = model.load_state_dict(state, strict=False)
         tied = {n for n, _ in model.named_parameters(remove_duplicate=False)} - set(
             dict(model.named_parameters())
@@ -348,7 +358,10 @@ def load_run_model(run_dir: str | os.PathLike):
         from pretrain.config_io import tomllib
 
         arch = tomllib.loads((run / "config.toml").read_text())["model"]["arch"]
-        return arch_module(arch).import_hf(hf).eval(), hf
+        try:
+            return arch_module(arch).import_hf(hf).eval(), hf
+        except ValueError as e:
+            raise RunDirError(str(e)) from e
     if not run.is_dir():
         raise RunDirError(f"{run_dir}: not a directory")
     raise RunDirError(

@@ -111,8 +111,10 @@ class OptimizerConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0 = no clipping)."""
     impl: str = "auto"
-    """"auto": DeepSpeed's fused kernels on GPU and torch on CPU; "torch" everywhere; or
-    "deepspeed" (fused/CPU-Adam kernels, JIT-compiled on first use)."""
+    """"auto": DeepSpeed's fused AdamW on GPU (CPU-Adam with optimizer offload), torch on
+    CPU, and our LAMB everywhere; "torch" everywhere; or "deepspeed" (fused/CPU-Adam kernels,
+    JIT-compiled on first use; its FusedLamb also adapts biases and norms and clamps the
+    trust ratio to [0.01, 10], unlike our LAMB)."""
 
     def __post_init__(self):
         if self.name not in ("adamw", "lamb"):
@@ -314,6 +316,37 @@ class DistributedConfig:
 
 
 @dataclass
+class PerfConfig:
+    """How the model runs, never what it computes (``pretrain.perf.apply_perf``)."""
+
+    compile: bool = False
+    """torch.compile each transformer block, embedding and head in place (parameter names
+    and checkpoints unchanged). The first steps pay the compilation: ~1 minute for a base
+    model on a GPU, minutes on a CPU. Needs Triton on CUDA, a C++ compiler on CPU."""
+    compile_mode: str = "default"
+    """torch.compile mode: "default", "reduce-overhead", "max-autotune" or
+    "max-autotune-no-cudagraphs"."""
+    predict_capacity: str = "off"
+    """"auto": the MLM head decodes a fixed number of positions per row, the bound that
+    masking.kind = "mlm" guarantees (static shapes, no host sync); "off" (and always for
+    wwm/span masking, which have no such bound): exactly the labelled positions. Same loss
+    terms either way; RTD models draw their replacement samples for K slots per row instead
+    of N labels in all, so "auto" changes which random numbers a run uses (not their
+    distribution): opt-in, and keep it unchanged within a run for bit-exact resume."""
+
+    def __post_init__(self):
+        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+        if self.compile_mode not in modes:
+            raise ConfigError(
+                f"perf.compile_mode must be one of {modes}, got {self.compile_mode!r}"
+            )
+        if self.predict_capacity not in ("auto", "off"):
+            raise ConfigError(
+                f"perf.predict_capacity must be 'auto' or 'off', got {self.predict_capacity!r}"
+            )
+
+
+@dataclass
 class DebugConfig:
     poison_loss_steps: list[int] = field(default_factory=list)
     """Steps whose loss is multiplied by NaN on rank 0 (tests the non-finite skip)."""
@@ -364,6 +397,8 @@ class RunConfig:
     """metrics.jsonl / TensorBoard cadence, progress bar, MFU peak, sample audit."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """Timeouts of the process group (how soon a hung job fails)."""
+    perf: PerfConfig = field(default_factory=PerfConfig)
+    """Speed knobs that keep the results: torch.compile, fixed-capacity MLM head."""
     debug: DebugConfig = field(default_factory=DebugConfig)
     """Fault injection for tests (off by default)."""
     deepspeed: dict[str, Any] = field(default_factory=dict)

@@ -81,4 +81,9 @@ def optimizer_impl(cfg: RunConfig, device_type: str) -> str:
     """ "torch" or "deepspeed" (fused / CPU-Adam kernels) for ``optimizer.impl`` on a device."""
     if cfg.optimizer.impl != "auto":
         return cfg.optimizer.impl
+    if cfg.optimizer.name == "lamb":
+        # DeepSpeed's FusedLamb applies the trust ratio to every tensor (biases and norms
+        # too) and clamps it to [0.01, 10]: another algorithm than ours, so "auto" keeps our
+        # LAMB (plain torch, any device) and one config trains the same on CPU and GPU.
+        return "torch"
     return "deepspeed" if device_type == "cuda" else "torch"

@@ -10,6 +10,10 @@
 - ``Engine``: micro-step forward/backward, optimizer step (skippable), save/load,
   global reductions. No monkey-patching of the engine: DeepSpeed is driven through its
   public API and the optimizer instances we hand it.
+- Reading checkpoints never runs code from them: ``consolidated_state_dict`` (fp32 weights
+  of any ZeRO stage, for export and inference) reads every file weights-only, and
+  ``check_checkpoint_files`` refuses a file DeepSpeed's own loaders (resume, universal
+  conversion) would fully unpickle.
 
 CPU notes (facts.md): the shared-memory comm op would JIT-compile (~50 s) on first use
 and is only used for inference all-reduce, so it is not built on CPU; optimizers are
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -32,7 +37,9 @@ from data_pipeline.cli import CommandError
 from pretrain import launch_env
 from pretrain.config import RunConfig
 from pretrain.ds_config import build_ds_config, optimizer_impl, resolve_dtype, torch_dtype
+from pretrain.models.common import load_torch_file
 from pretrain.optim import SkippableStep, build_torch_optimizer, param_groups
+from pretrain.universal import UNIVERSAL
 
 __all__ = [
     "DistInfo",
@@ -338,6 +345,8 @@ class Engine:
 
     def load(self, load_dir: str | os.PathLike, tag: str) -> dict:
         """Restore model, optimizer, scheduler (and ZeRO partitions); returns the client state."""
+        # DeepSpeed's loader unpickles everything: the files must pass a weights-only read.
+        check_checkpoint_files(Path(load_dir) / tag, recursive=tag == UNIVERSAL)
         path, client = self.ds.load_checkpoint(
             str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
@@ -363,24 +372,179 @@ class Engine:
         return client or {}
 
 
-def consolidated_state_dict(ckpt_root: str | os.PathLike, tag: str) -> dict[str, torch.Tensor]:
-    """fp32 model weights of a checkpoint, whatever its ZeRO stage (for export and inference)."""
-    tag_dir = Path(ckpt_root) / tag
-    if (
-        any(tag_dir.glob("*optim_states.pt"))
-        and not (tag_dir / "mp_rank_00_optim_states.pt").exists()
-    ):
-        import contextlib
-        import io
+# ----------------------------------------------------------------------------- reading checkpoints
+# Every checkpoint file is read with ``torch.load(weights_only=True)``: a run directory can
+# come from anywhere, and a full unpickle would run any code a file asks for. Besides tensors
+# and containers, DeepSpeed 0.19 pickles these classes into the files we write (found by
+# loading ZeRO 0-3 checkpoints in fp32 and bf16): the optimizer wrappers' loss scaler and
+# ZeRO stage, and the fp32 fragment addresses of ZeRO 1/2 and the BF16 optimizer. fp16 runs
+# (GPU only) write a DynamicLossScaler instead of a LossScaler. All are plain data holders.
+_OPTIM_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
+_MODEL_FILE = "mp_rank_00_model_states.pt"  # ZeRO 0-2: the whole module
+_ZERO3_MODEL_FILE = "zero_pp_rank_0_mp_rank_00_model_states.pt"  # ZeRO 3: metadata, no weights
 
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        with contextlib.redirect_stdout(io.StringIO()):  # its progress chatter
-            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt_root), tag=tag)
-    states = torch.load(
-        tag_dir / "mp_rank_00_model_states.pt", map_location="cpu", weights_only=False
-    )  # DeepSpeed's own file, written by this run
-    return {k: v.float() if v.is_floating_point() else v for k, v in states["module"].items()}
+def _checkpoint_globals() -> tuple:
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return (LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address)
+
+
+def load_checkpoint_file(path: str | os.PathLike, mmap: bool = False):
+    """One DeepSpeed checkpoint file, read weights-only (``UnsafeFileError`` if it holds
+    anything but tensors, containers and DeepSpeed's metadata classes above)."""
+    return load_torch_file(path, _checkpoint_globals(), mmap=mmap)
+
+
+def check_checkpoint_files(directory: str | os.PathLike, recursive: bool = False) -> None:
+    """Refuse (``UnsafeFileError``) a checkpoint with a file that a weights-only load rejects,
+    before DeepSpeed's own loader, which unpickles everything, reads it. Memory-mapped: only
+    the pickles are parsed, no tensor data is read."""
+    d = Path(directory)
+    for path in sorted(d.rglob("*.pt") if recursive else d.glob("*.pt")):
+        load_checkpoint_file(path, mmap=True)
+
+
+def consolidated_state_dict(tag_dir: str | os.PathLike, model: torch.nn.Module) -> dict:
+    """fp32 weights of the checkpoint in ``tag_dir`` (one written by ``Engine.save`` for a
+    model of ``model``'s class and config), whatever its ZeRO stage, precision and world size.
+
+    Reimplements what DeepSpeed's ``zero_to_fp32`` does for the layouts we save, with
+    weights-only loads (``zero_to_fp32`` unpickles everything). The fp32 master weights are
+    read where DeepSpeed keeps them: ZeRO 0 in fp32: the module itself; ZeRO 0 in bf16/fp16:
+    the optimizer wrapper's fp32 copies (per parameter, or one flat tensor per group) in the
+    model-states file, in ``pretrain.optim.param_groups`` order; ZeRO 1/2: each rank's
+    partition of the flat fp32 groups (``*zero_pp_rank_R_*optim_states.pt``), concatenated
+    in rank order; ZeRO 3: each rank's slice of every parameter. ``model`` only supplies the
+    parameter order of ZeRO 0's optimizer groups and the tied-parameter names.
+    """
+    tag_dir = Path(tag_dir)
+    optim = {}
+    for path in tag_dir.glob("*_optim_states.pt"):
+        m = _OPTIM_FILE.fullmatch(path.name)
+        if m is not None:
+            if m.group(2) != "00":
+                raise ValueError(f"{path}: model-parallel checkpoints are not supported")
+            optim[int(m.group(1))] = path
+    if sorted(optim) != list(range(len(optim))):
+        raise ValueError(f"{tag_dir}: optimizer partitions of ranks {sorted(optim)} only")
+    model_file = tag_dir / _MODEL_FILE
+    if not model_file.is_file() and (tag_dir / _ZERO3_MODEL_FILE).is_file():
+        model_file = tag_dir / _ZERO3_MODEL_FILE
+    if not model_file.is_file():
+        raise ValueError(f"{tag_dir}: no {_MODEL_FILE}; not a DeepSpeed checkpoint")
+    states = load_checkpoint_file(model_file)
+    module = states["module"]
+    buffers = set(states.get("buffer_names") or [])
+    out = {k: _fp32(v) for k, v in module.items() if k in buffers}
+    if optim:
+        shards = [
+            load_checkpoint_file(optim[r], mmap=True)["optimizer_state_dict"]
+            for r in range(len(optim))
+        ]
+        counts = shards[0].get("partition_count", len(shards))
+        if max(counts if isinstance(counts, list) else [counts]) != len(shards):
+            raise ValueError(
+                f"{tag_dir}: written by {counts} ranks, but {len(shards)} optimizer "
+                "partitions are there (an incomplete or overwritten checkpoint)"
+            )
+        if int(shards[0]["zero_stage"]) == 3:
+            out.update(_zero3_weights(shards, states["param_shapes"], tag_dir))
+        else:
+            out.update(_zero12_weights(shards, states["param_shapes"], tag_dir))
+    else:
+        out.update(_zero0_weights(module, states.get("optimizer") or {}, model, tag_dir))
+    # Tied parameters (ELECTRA's shared embeddings) are stored once.
+    shared = dict(states.get("shared_params") or {})
+    shared.update(_aliases(model))
+    for name, source in shared.items():
+        if source in out:
+            out[name] = out[source]
+    return out
+
+
+def _fp32(t: torch.Tensor) -> torch.Tensor:
+    return t.float() if t.is_floating_point() else t
+
+
+def _aliases(model: torch.nn.Module) -> dict[str, str]:
+    """{second name of a tied parameter: its first name}."""
+    first, out = {}, {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        if id(p) in first:
+            out[name] = first[id(p)]
+        else:
+            first[id(p)] = name
+    return out
+
+
+def _zero0_weights(module: dict, wrapper: dict, model, where) -> dict:
+    """ZeRO 0: the module's weights, replaced by the optimizer wrapper's fp32 masters when
+    the module is bf16/fp16 (FP16_UnfusedOptimizer: ``fp32_groups``, one tensor per
+    parameter; FP16_Optimizer (fused Adam): ``fp32_groups_flat``, one flat tensor per group)."""
+    out = {k: _fp32(v) for k, v in module.items()}
+    per_param, flat = wrapper.get("fp32_groups"), wrapper.get("fp32_groups_flat")
+    if per_param is None and flat is None:
+        return out  # fp32 training: the module holds the master weights
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = [[names[id(p)] for p in g["params"]] for g in param_groups(model, 0.0)]
+    groups = [g for g in groups if g]  # DeepSpeed drops empty groups
+    mismatch = ValueError(f"{where}: the optimizer's fp32 weights do not match this model")
+    if flat is not None:
+        sizes = [[module[n].numel() for n in g] for g in groups]
+        if [f.numel() for f in flat] != [sum(z) for z in sizes]:
+            raise mismatch
+        per_param = [torch.split(f, z) for f, z in zip(flat, sizes, strict=True)]
+    if [len(t) for t in per_param] != [len(g) for g in groups]:
+        raise mismatch
+    for group, tensors in zip(groups, per_param, strict=True):
+        for name, t in zip(group, tensors, strict=True):
+            if t.numel() != module[name].numel():
+                raise ValueError(f"{where}: fp32 weight of {name} has {t.numel()} elements")
+            out[name] = t.float().view(module[name].shape)
+    return out
+
+
+def _zero12_weights(shards: list[dict], shapes: list[dict], where) -> dict:
+    """ZeRO 1/2 (and the BF16 optimizer): per group, the ranks' fp32 partitions in rank
+    order form the flat group; parameters follow each other in ``param_shapes`` order, each
+    followed by its alignment padding."""
+    paddings = shards[0].get("param_alignment_paddings")
+    out = {}
+    for g, group in enumerate(shapes):
+        flat = torch.cat([s["single_partition_of_fp32_groups"][g] for s in shards])
+        pads = paddings[g] if paddings is not None else [0] * len(group)
+        offset = 0
+        for (name, shape), pad in zip(group.items(), pads, strict=True):
+            n = math.prod(shape)
+            if offset + n > flat.numel():
+                raise ValueError(f"{where}: fp32 partitions too small for {name}")
+            out[name] = flat.narrow(0, offset, n).view(shape).float()
+            offset += n + pad
+    return out
+
+
+def _zero3_weights(shards: list[dict], shapes: list[dict], where) -> dict:
+    """ZeRO 3: every parameter is split into world-size slices of ceil(numel / world)
+    (the last one padded); rank R's slices follow each other, over its flat groups, in
+    ``param_shapes`` order."""
+    world = len(shards)
+    streams = [torch.cat(list(s["fp32_flat_groups"])) for s in shards]
+    out, offset = {}, 0
+    for name, shape in ((k, v) for group in shapes for k, v in group.items()):
+        n = math.prod(shape)
+        part = -(-n // world)
+        out[name] = torch.cat([s.narrow(0, offset, part) for s in streams])[:n].view(shape)
+        out[name] = out[name].float()
+        offset += part
+    if offset != streams[0].numel():
+        raise ValueError(
+            f"{where}: fp32 partitions hold {streams[0].numel()} elements per rank, "
+            f"the parameters {offset}; not this layout"
+        )
+    return out
 
 
 def ds_to_universal(tag_dir: str | os.PathLike, out_dir: str | os.PathLike) -> None:
@@ -395,6 +559,7 @@ def ds_to_universal(tag_dir: str | os.PathLike, out_dir: str | os.PathLike) -> N
 
     from deepspeed.checkpoint import ds_to_universal as conv
 
+    check_checkpoint_files(tag_dir)  # DeepSpeed's conversion unpickles everything it reads
     argv = sys.argv
     sys.argv = ["ds_to_universal", "--input_folder", str(tag_dir), "--output_folder", str(out_dir)]
     sys.argv += ["--num_extract_workers", "1", "--num_merge_workers", "1"]

@@ -67,15 +67,28 @@ def is_run_dir(path: Path) -> bool:
     return (path / "config.toml").is_file() or (path / "checkpoints").is_dir()
 
 
-def load_model_dir(path: str | os.PathLike) -> tuple[nn.Module, Path]:
-    """(model, tokenizer directory) of a run directory or an HF model directory."""
+# ``import_hf`` overrides that build an HF directory as ``transformers`` runs it. DeBERTa's
+# enhanced mask decoder is a pretraining decoder that HF's DebertaV2ForMaskedLM does not have:
+# an export keeps the EMD position table only so that ``init_from`` can continue pretraining.
+AS_HF_RUNS_IT = {"deberta": {"emd": False}}
+
+
+def load_model_dir(path: str | os.PathLike, as_hf: bool = False) -> tuple[nn.Module, Path]:
+    """(model, tokenizer directory) of a run directory or an HF model directory.
+
+    ``as_hf`` (inference: fill-mask): an HF directory computes what ``transformers`` computes
+    on it (``AS_HF_RUNS_IT``: no DeBERTa EMD); otherwise it is imported as for continued
+    pretraining (EMD kept), which a re-export writes back unchanged. A run directory's model
+    is always the one trained, EMD included.
+    """
     p = Path(path)
     if not p.is_dir():
         raise CommandError(f"{path}: not a directory")
     if (p / "config.json").is_file():
         arch = hf_arch(p)
+        overrides = AS_HF_RUNS_IT.get(arch, {}) if as_hf else {}
         try:
-            return arch_module(arch).import_hf(p), p
+            return arch_module(arch).import_hf(p, **overrides), p
         except ValueError as e:
             raise CommandError(str(e)) from e
     if is_run_dir(p):

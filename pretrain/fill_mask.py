@@ -6,6 +6,11 @@ from the same directory through ``data_pipeline.tokenizer.Tokenizer``). ``<mask>
 accepted for every tokenizer family and mapped to the tokenizer's own mask token (e.g.
 ``[MASK]``). Scores are the softmax over the full vocabulary at each masked position, as
 HF's ``pipeline("fill-mask")`` computes them; RTD models use their generator.
+
+An HF directory is run as ``transformers`` runs it, so the scores agree with HF's pipeline on
+that directory: a DeBERTa trained with the enhanced mask decoder (EMD) is decoded without it
+(HF's ``DebertaV2ForMaskedLM`` has none; the exported EMD position table is only for
+``init_from``). A run directory's model is decoded as it was trained, EMD included.
 """
 
 from __future__ import annotations
@@ -54,6 +59,24 @@ def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[li
     ]
 
 
+def _check_has_mlm_head(path: Path) -> None:
+    """Refuse an HF discriminator without ``generator/``: it has no MLM head to decode with."""
+    arch = hf_arch(path)
+    try:
+        architectures = json.loads((path / "config.json").read_text()).get("architectures")
+    except (OSError, ValueError):
+        architectures = None
+    if arch == "electra" or (arch == "deberta" and architectures == ["DebertaV2Model"]):
+        name, mlm = {
+            "electra": ("ELECTRA", "ElectraForMaskedLM"),
+            "deberta": ("DeBERTa", "DebertaV2ForMaskedLM"),
+        }[arch]
+        raise CommandError(
+            f"{path}: an {name} discriminator without generator/; fill-mask needs the "
+            f"generator ({mlm}), as `export` writes it"
+        )
+
+
 def add_arguments(parser) -> None:
     parser.add_argument(
         "--model",
@@ -75,16 +98,9 @@ def main(args) -> int:
     if args.top_k < 1:
         raise CommandError("--top-k must be >= 1")
     path = Path(args.model)
-    if (
-        (path / "config.json").is_file()
-        and hf_arch(path) == "electra"
-        and not (path / "generator" / "config.json").is_file()
-    ):
-        raise CommandError(
-            f"{path}: an ELECTRA discriminator without generator/; fill-mask "
-            "needs the generator (ElectraForMaskedLM), as `export` writes it"
-        )
-    model, tokenizer_dir = load_model_dir(path)
+    if (path / "config.json").is_file() and not (path / "generator" / "config.json").is_file():
+        _check_has_mlm_head(path)
+    model, tokenizer_dir = load_model_dir(path, as_hf=True)
     from data_pipeline.tokenizer import Tokenizer
 
     try:

@@ -22,10 +22,11 @@ seq_len)``, called once on the freshly built model before DeepSpeed wraps it:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from pretrain.config import PerfConfig
 
 __all__ = [
     "PerfConfig",
@@ -35,31 +36,6 @@ __all__ = [
     "predict_capacity",
     "set_predict_capacity",
 ]
-
-
-@dataclass
-class PerfConfig:
-    compile: bool = False
-    """torch.compile each transformer block, embedding and head (first steps pay the
-    compilation: ~1 minute for a base model on a GPU; minutes on a CPU)."""
-    compile_mode: str = "default"
-    """torch.compile mode: "default", "reduce-overhead", "max-autotune" or
-    "max-autotune-no-cudagraphs"."""
-    predict_capacity: str = "off"
-    """"auto": decode a fixed number of positions per row when the masking bounds it
-    (kind "mlm"; static shapes, no host sync); "off": decode exactly the labelled ones.
-    RTD models draw their replacement samples for K rows per sequence instead of N in all,
-    so "auto" changes which random numbers a run uses (not their distribution): it is
-    opt-in, so that existing runs and resumed checkpoints keep their exact trajectory."""
-
-    def __post_init__(self):
-        modes = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-        if self.compile_mode not in modes:
-            raise ValueError(f"perf.compile_mode must be one of {modes}, got {self.compile_mode!r}")
-        if self.predict_capacity not in ("auto", "off"):
-            raise ValueError(
-                f"perf.predict_capacity must be 'auto' or 'off', got {self.predict_capacity!r}"
-            )
 
 
 def predict_capacity(masking, seq_len: int) -> int | None:

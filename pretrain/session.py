@@ -43,6 +43,7 @@ from pretrain.metrics import (
 from pretrain.models import arch_module
 from pretrain.objectives import Objective
 from pretrain.optim import lr_multiplier
+from pretrain.perf import apply_perf
 from pretrain.policies import LoopPolicies, NonFiniteLossError, StopSignal, TrainState
 from pretrain.universal import ensure_universal, needs_universal
 
@@ -79,6 +80,14 @@ def build_model(cfg: RunConfig, tokenizer_info: dict):
             raise CommandError(
                 f"init_from {cfg.init_from}: {model.config.vocab_size} embedding "
                 f"rows, but the shards' tokenizer has {vocab} ids"
+            )
+        pad = derived["pad_token_id"]
+        if pad is not None and getattr(model.config, "pad_token_id", pad) != pad:
+            # The pad id selects the padding embedding row and RoBERTa's position offset: a
+            # model trained with another tokenizer's pad id would read the shards wrongly.
+            raise CommandError(
+                f"init_from {cfg.init_from}: pad_token_id {model.config.pad_token_id}, but "
+                f"the shards' tokenizer pads with id {pad} (use the model's own tokenizer)"
             )
     else:
         model = mod.Model(mod.Config(**kwargs))
@@ -120,6 +129,7 @@ class Session(LoopPolicies):
         manifest = Manifest.load(cfg.data.shard_dir)
         seed_all(cfg.seed)  # identical initial weights on every rank
         model = build_model(cfg, manifest.tokenizer)
+        self.perf = apply_perf(model, cfg.perf, cfg.masking, cfg.data.seq_len)
         self.rtd = is_rtd(model.config)
         self.model_json = model_json(cfg.model.arch, model.config)
         G, M = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
@@ -187,6 +197,13 @@ class Session(LoopPolicies):
                     f"{e.grad_accum}",
                     flush=True,
                 )
+        if d.rank == 0 and (self.perf["compiled_modules"] or self.perf["predict_capacity"]):
+            print(
+                f"perf: {self.perf['compiled_modules']} modules compiled "
+                f"(mode {cfg.perf.compile_mode}), MLM head capacity "
+                f"{self.perf['predict_capacity'] or 'exact'} positions per row",
+                flush=True,
+            )
         if d.rank == 0 and cfg.logging.audit_samples:
             audit.prepare(cfg.run_dir, self.state.step if point else None)
         e.barrier()  # no rank appends to an audit file before rank 0 has truncated it

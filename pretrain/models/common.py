@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
+import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -84,6 +87,11 @@ def check_capacity(labels: torch.Tensor, capacity: int) -> None:
     """
     per_row = (labels != IGNORE_INDEX).sum(dim=1)
     if labels.device.type == "cuda":
+        # torch._assert_async is torch's only device-side assertion (documented in the torch
+        # reference, lowered by Inductor to a device assert, so it also works compiled): any
+        # public check (torch._check, `if`, .item()) reads the value on the host, a sync per
+        # step. The cost: a failure surfaces at a later kernel launch and leaves the CUDA
+        # context unusable, acceptable for a bound the masking guarantees.
         torch._assert_async(
             (per_row <= capacity).all(), "more labels in a row than predict_capacity"
         )
@@ -197,11 +205,45 @@ def save_hf_dir(
     (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
 
 
+class UnsafeFileError(ValueError):
+    """A weights file that holds more than tensors and containers (or allow-listed classes):
+    refused without running any of it. One-line message."""
+
+
+def load_torch_file(path: str | os.PathLike, allowed: tuple = (), mmap: bool = False):
+    """``torch.load`` that never runs code from the file: ``weights_only=True``, which builds
+    tensors, containers and plain values only, plus the classes in ``allowed`` (data-only
+    classes, e.g. DeepSpeed's checkpoint metadata). Anything else raises ``UnsafeFileError``
+    before it is constructed; an unreadable file raises ``ValueError``. Tensors on the CPU;
+    ``mmap``: storages are mapped, not read, until used (zip-format files; torch's legacy
+    format is read whole)."""
+    mmap = mmap and zipfile.is_zipfile(path)
+    try:
+        with torch.serialization.safe_globals(list(allowed)):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
+        what = (
+            f"it references {found.group(1)}"
+            if found
+            else f"unsupported pickle content ({detail.group(1).strip() if detail else 'unknown'})"
+        )
+        raise UnsafeFileError(
+            f"{path}: refused to load: {what}, not a tensor (loading it could run code "
+            "from the file; only tensors and containers are read)"
+        ) from None
+    except (RuntimeError, OSError, EOFError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"{path}: unreadable as a torch file ({first[:200]})") from e
+
+
 def load_hf_dir(hf_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
     """(config dict, state dict) of a local HF model directory, never executing pickled code.
 
     Prefers ``model.safetensors``; falls back to ``pytorch_model.bin`` through
-    ``torch.load(weights_only=True)``, which refuses anything but tensors and containers.
+    ``load_torch_file`` (``torch.load(weights_only=True)``), which refuses anything but
+    tensors and containers with a one-line ``UnsafeFileError``.
     """
     d = Path(hf_dir)
     cfg_path = d / "config.json"
@@ -213,6 +255,8 @@ def load_hf_dir(hf_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor
 
         return config, load_file(str(d / "model.safetensors"))
     if (d / "pytorch_model.bin").is_file():
-        state = torch.load(d / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        state = load_torch_file(d / "pytorch_model.bin")
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise ValueError(f"{d / 'pytorch_model.bin'}: not a state dict of tensors")
         return config, state
     raise ValueError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")

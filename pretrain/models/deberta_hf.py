@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.models.common import load_hf_dir, save_hf_dir
+from pretrain.models.common import load_hf_dir, load_torch_file, save_hf_dir
 from pretrain.models.deberta import Config, Model
 
 RTD_STATE_FILE = "rtd_state.safetensors"
@@ -187,7 +187,7 @@ def _find_generator(hf_dir: Path):
         return config_from_hf(cfg, where), normalise_keys(state, where)
     bin_path = hf_dir / "pytorch_model.generator.bin"  # microsoft's hub layout
     if bin_path.is_file():
-        state = torch.load(bin_path, map_location="cpu", weights_only=True)
+        state = load_torch_file(bin_path)
         state = normalise_keys(state, bin_path)
         layers = {
             int(m.group(1))
@@ -204,7 +204,9 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
 
     The objective defaults to "rtd" when a generator is found (``generator/`` or
     microsoft's ``pytorch_model.generator.bin``), else "mlm"; ``emd`` defaults to whether the
-    (generator's) file holds an EMD position table. ``overrides`` replace ``Config`` fields
+    (generator's) file holds an EMD position table, so that pretraining continues with it;
+    ``emd=False`` builds the model as HF runs the directory (``DebertaV2ForMaskedLM`` has no
+    EMD) and ignores that table silently. ``overrides`` replace ``Config`` fields
     (unknown names raise ``TypeError``). Encoder weights must all be present and known
     (``ValueError`` naming them); heads absent from the files (public v3 checkpoints ship
     none) are freshly initialised, with a warning; heads the objective does not use are
@@ -220,6 +222,10 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
         extra = load_file(str(hf_dir / RTD_STATE_FILE))
         state.update(normalise_keys(extra, hf_dir / RTD_STATE_FILE))
     gen = _find_generator(hf_dir)
+    if overrides.get("emd") is False:  # chosen: no EMD, so its table is not "dropped"
+        state.pop(EMD_POSITIONS, None)
+        if gen is not None:
+            gen[1].pop(EMD_POSITIONS, None)
     objective = overrides.get("objective", "rtd" if gen is not None else "mlm")
     if objective == "rtd":
         if gen is None:

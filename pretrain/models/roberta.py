@@ -178,7 +178,12 @@ class Model(nn.Module):
     predict_capacity: int | None = None
     """Labels per row the MLM head decodes with static shapes (``gather_predicted_fixed``);
     None: exactly the labelled positions (``gather_predicted``). A run-time setting
-    (``pretrain.perf``), not part of the config: it changes no result, only shapes."""
+    (``pretrain.perf``), not part of the config. For MLM it changes only shapes: the same
+    labelled rows in the same order, the same sums up to floating-point summation order.
+    For RTD models (ELECTRA, DeBERTa-v3) it also changes the sampled replacements: the
+    generator draws its Gumbel noise for every decoded row, padding slots included, so from
+    the same RNG state the real rows get other (identically distributed) draws, hence other
+    replaced tokens and RTD losses."""
 
     def __init__(self, config: Config):
         super().__init__()

@@ -94,6 +94,22 @@ def test_resume_is_bit_identical(shard_dir, workers, packing):
     assert_same(take(resumed, n), ref[k * a :])
 
 
+@pytest.mark.parametrize("saved,resumed", [(2, 0), (0, 3), (1, 2)])
+def test_resume_with_another_worker_count_is_bit_identical(shard_dir, saved, resumed):
+    """The state holds no per-worker position: any worker count continues the same stream."""
+    a, k, n = 6, 3, 6 * 4
+    ref = take(make(shard_dir, workers=saved), k * a + n)
+    first = make(shard_dir, workers=saved)
+    it = iter(first)
+    for _ in range(k * a):
+        next(it)
+    state = first.state_dict()
+    first.close()
+    again = make(shard_dir, workers=resumed)
+    again.load_state_dict(state)
+    assert_same(take(again, n), ref[k * a :])
+
+
 def test_state_at_epoch_end_points_to_next_epoch(shard_dir):
     loader = make(shard_dir, m=12)
     it = iter(loader)

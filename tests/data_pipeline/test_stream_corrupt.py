@@ -143,3 +143,36 @@ def test_shard_truncated_mid_run_loses_only_the_cut_documents(shard_dir):
     assert stats["samples_lost"] == 7 and stats["skipped_shards"] == {}
     total = sum(s.tokens for s in Manifest.load(shard_dir).split("train"))
     assert stats["content_tokens"] == total - int(index[8:, 1].sum())
+
+
+def test_skip_policy_at_start_up_for_truncated_and_sha_mismatched_shards(shard_dir, caplog):
+    shards = Manifest.load(shard_dir).split("train")
+    with open(shard_dir / shards[0].name, "r+b") as f:
+        f.truncate(shards[0].bytes - 300)  # a truncated tar
+    info, _ = flip_document(shard_dir, 3, 2)  # same size, wrong sha256
+    with caplog.at_level(logging.WARNING, logger="data_pipeline.stream"):
+        loader = make(shard_dir, on_corrupt="skip", verify="full")
+    assert shards[0].name in caplog.text and info.name in caplog.text
+    batches, stats = whole_epoch(loader)
+    assert set(stats["skipped_shards"]) == {shards[0].name, info.name}
+    assert stats["skipped_shards"][info.name]["reason"] == "sha256 mismatch against the manifest"
+    assert "truncated" in stats["skipped_shards"][shards[0].name]["reason"]
+    assert {s["when"] for s in stats["skipped_shards"].values()} == {"start-up"}
+    assert stats["samples_lost"] == COUNTS[0] + COUNTS[3]
+    kept = sum(s.tokens for s in shards) - shards[0].tokens - shards[3].tokens
+    assert stats["content_tokens"] == kept
+    ids = torch.cat([b["sample_ids"] for b in batches])
+    assert sorted(ids[ids >= 0].tolist()) == list(range(int((ids >= 0).sum())))
+
+
+def test_a_flipped_byte_in_an_index_is_named_by_the_full_check(shard_dir):
+    info = Manifest.load(shard_dir).split("train")[2]
+    path = shard_dir / info.index
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01  # the last crc32 entry: np.load still reads it
+    path.write_bytes(bytes(raw))
+    make(shard_dir)  # the cheap default check sees the right size: passes
+    with pytest.raises(ShardCheckError) as err:
+        make(shard_dir, verify="full")
+    assert f"{info.name}: index {info.index}: sha256 mismatch" in str(err.value)
+    assert f"({COUNTS[2]} samples)" in str(err.value)

@@ -1,9 +1,12 @@
 """Checkpoints: COMPLETE marker + ``latest`` written last, keep-last-K, RNG states, resume
 after a kill in the middle of a save, ``load_run_model``, ``--resume never``; the universal
-conversion for world-size changes (cached, atomic, race-safe), refused ZeRO-stage changes."""
+conversion for world-size changes (cached, atomic, race-safe), refused ZeRO-stage changes;
+weights-only reads: fp32 master weights at ZeRO 0/1/3, code-running files refused."""
 
 import argparse
 import json
+import os
+import pickle
 import random
 import shutil
 import socket
@@ -238,3 +241,127 @@ def test_on_rank0_in_one_process_returns_and_raises_as_is():
     assert eng.on_rank0(lambda: 41 + 1, "sum") == 42
     with pytest.raises(ZeroDivisionError):
         eng.on_rank0(lambda: 1 / 0, "division")
+
+
+# ----------------------------------------------------------------------------- weights-only
+
+
+class Payload:
+    """Unpickling this runs ``touch PATH`` (what a malicious checkpoint would do)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def _weights_only_loads(monkeypatch) -> list:
+    """Make every ``torch.load`` of the code under test fail unless it is weights-only."""
+    real, calls = torch.load, []
+
+    def guarded(*args, **kwargs):
+        assert kwargs.get("weights_only") is True, f"full unpickle of {args[:1]}"
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", guarded)
+    return calls
+
+
+def _zero_to_fp32(tag_dir: Path) -> dict:
+    """DeepSpeed's own consolidation (full unpickle: only for files this test wrote)."""
+    import contextlib
+    import io
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(tag_dir.parent), tag=tag_dir.name)
+    return {k: v.contiguous() for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    "arch,stage,dtype", [("electra", 0, "bf16"), ("roberta", 1, "fp32"), ("electra", 3, "bf16")]
+)
+def test_load_run_model_reads_the_fp32_weights_weights_only(
+    arch, stage, dtype, shards, tmp_path, monkeypatch
+):
+    """ZeRO 0 (the wrapper's fp32 masters of a bf16 module), 1 and 3 (partitions): the
+    consolidated weights are the fp32 master weights, every file read weights-only."""
+    run = tmp_path / "run"
+    args = (*TINY, "max_steps=2", "schedule.warmup_steps=1", f"zero.stage={stage}")
+    session = train(debug_config(arch, shards, run, *args, f"precision.dtype={dtype}"))
+    calls = _weights_only_loads(monkeypatch)
+    model, _ = ck.load_run_model(run)
+    monkeypatch.undo()
+    tag = run / "checkpoints" / "step_00000002"
+    assert calls and all(Path(c).parent == tag for c in calls)
+    got = model.state_dict()
+    if stage == 0:  # the live optimizer wrapper's fp32 copies, not the bf16 module
+        opt, names = session.engine.ds.optimizer, dict(session.engine.module.named_parameters())
+        by_id = {id(p): n for n, p in names.items()}
+        masters = {
+            by_id[id(p)]: m
+            for lp, hp in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
+            for p, m in zip(lp, hp, strict=True)
+        }
+        assert len(masters) == len(names)
+        assert all(torch.equal(got[k], v) for k, v in masters.items())
+        assert not all(torch.equal(got[k], names[k].float()) for k in masters)  # not bf16
+        assert all(torch.equal(got[k].bfloat16(), names[k]) for k in masters)
+        # fp16 + fused Adam (GPU only) keeps one flat fp32 tensor per group instead.
+        flat = {
+            "fp32_groups_flat": [torch.cat([t.reshape(-1) for t in g]) for g in opt.fp32_groups]
+        }
+        module = {k: v.detach().bfloat16() for k, v in session.engine.module.state_dict().items()}
+        again = eng._zero0_weights(module, flat, model, tag)
+        assert all(torch.equal(again[k], v) for k, v in masters.items())
+    else:
+        expected = _zero_to_fp32(tag)
+        assert set(expected) <= set(got) and all(torch.equal(got[k], expected[k]) for k in expected)
+    if arch == "electra":  # tied embeddings restored under both names
+        assert torch.equal(
+            got["generator.electra.embeddings.word_embeddings.weight"],
+            got["discriminator.electra.embeddings.word_embeddings.weight"],
+        )
+
+
+@pytest.mark.parametrize(
+    "poisoned,legacy",
+    [
+        ("mp_rank_00_model_states.pt", False),
+        ("zero_pp_rank_0_mp_rank_00_optim_states.pt", False),
+        ("zero_pp_rank_0_mp_rank_00_optim_states.pt", True),  # a bare pickle, not torch's zip
+    ],
+)
+def test_a_checkpoint_that_would_run_code_is_refused(
+    zero1_tag, shards, poisoned, legacy, tmp_path, capsys
+):
+    """export --run, fill-mask --model RUN and resuming refuse it in one line; nothing runs."""
+    from pretrain.cli import main as cli
+
+    run = tmp_path / "run"
+    shutil.copytree(zero1_tag.parents[1], run, ignore=shutil.ignore_patterns(uv.UNIVERSAL))
+    marker = tmp_path / "PAYLOAD_RAN"
+    bad = run / "checkpoints" / "step_00000002" / poisoned
+    payload = {"module": {}, "optimizer_state_dict": Payload(marker)}
+    if legacy:
+        bad.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, bad)
+    with pytest.raises(ck.RunDirError, match=f"{poisoned}: refused to load: "):
+        ck.load_run_model(run)
+    for argv in (
+        ["export", "--run", str(run), "--out", str(tmp_path / "hf")],
+        ["fill-mask", "--model", str(run), "a <mask>"],
+    ):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and str(bad) in err, err
+    cfg = debug_config("roberta", shards, run, *TINY, "zero.stage=1", "schedule.warmup_steps=1")
+    with pytest.raises(ck.RunDirError, match="refused to load"):  # before DeepSpeed reads it
+        train(cfg)
+    assert not marker.exists()
+    pickle.loads(bad.read_bytes()) if legacy else torch.load(bad, weights_only=False)
+    assert marker.exists()  # the file really is a payload: a full unpickle runs it

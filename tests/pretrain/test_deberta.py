@@ -268,3 +268,23 @@ def test_bf16_forward_and_backward():
     assert all(torch.isfinite(out[k]) for k in ("mlm_loss_sum", "rtd_loss_sum"))
     (out["mlm_loss_sum"] + 50 * out["rtd_loss_sum"]).backward()
     assert m.deberta.embeddings.word_embeddings_delta.grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "objective,emd,fixed",
+    [("mlm", False, False), ("mlm", False, True), ("mlm", True, False), ("rtd", False, True)],
+)
+def test_vocabulary_projection_sees_only_predicted_rows(objective, emd, fixed):
+    """The MLM head (the generator's for RTD; after EMD when on) gets (N, C), not (B*T, C)."""
+    m = model(objective=objective, emd=emd)
+    ids, mask, labels = batch()
+    per_row = (labels != -100).sum(1)
+    if fixed:
+        m.predict_capacity = int(per_row.max())
+    rows = ids.shape[0] * m.predict_capacity if fixed else int(per_row.sum())
+    seen = []
+    head = m.mlm_part.lm_predictions.lm_head
+    head.register_forward_hook(lambda mod, a, out: seen.append((a[0].shape, out.shape)))
+    out = m(ids, mask, labels)
+    assert seen == [((rows, SMALL["hidden_size"]), (rows, V))]
+    assert rows < ids.numel() and out["mlm_count"] == per_row.sum()

@@ -266,3 +266,54 @@ def test_import_emd_override_and_stale_delta(tmp_path):
         again.generator.deberta.embeddings.word_embeddings.weight
     )
     torch.testing.assert_close(words, state["deberta.embeddings.word_embeddings.weight"])
+
+
+def test_rtd_import_of_a_plain_hf_layout_and_its_export(tmp_path):
+    """A discriminator as ``DebertaV2Model.save_pretrained`` writes it (keys without
+    ``deberta.``) + ``generator/`` (``DebertaV2ForMaskedLM``, HF's legacy head), no
+    ``rtd_state.safetensors``: the export has exactly our normal export's files and keys; every
+    tensor is the input's, except the discriminator embedding gen + (disc - gen), which fp32
+    rounding moves by at most 2^-24 (|disc - gen| (1 + 2^-24) + |disc|) per element (README);
+    from that export on, import -> export is byte-identical."""
+    plain = tmp_path / "plain"
+    hf_mlm(legacy=True, num_hidden_layers=1).save_pretrained(plain / "generator")
+    torch.manual_seed(1)
+    disc = DebertaV2Model(DebertaV2Config(**{**TINY, **V3, "position_buckets": 8})).eval()
+    with torch.no_grad():
+        for p in disc.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    disc.save_pretrained(plain)
+    with pytest.warns(UserWarning, match="initialised fresh: mask_predictions"):
+        model = import_hf(plain)
+    assert model.config.objective == "rtd" and model.config.generator_num_hidden_layers == 1
+    export_hf(model, tmp_path / "out")
+    export_hf(ours(tmp_path, objective="rtd", generator_num_hidden_layers=1), tmp_path / "ref")
+    files = ("model.safetensors", "rtd_state.safetensors", "generator/model.safetensors")
+    out = {f: load_file(tmp_path / "out" / f) for f in files}
+    for f in files:
+        assert out[f].keys() == load_file(tmp_path / "ref" / f).keys(), f
+    for f in ("config.json", "generator/config.json"):
+        a, b = (json.loads((tmp_path / d / f).read_text()) for d in ("out", "ref"))
+        assert a == b, f
+    d_in = {f"deberta.{k}": v for k, v in load_file(plain / "model.safetensors").items()}
+    g_in = load_file(plain / "generator" / "model.safetensors")
+    g_in = {
+        k.replace("cls.predictions.transform.", "lm_predictions.lm_head."): v
+        for k, v in g_in.items()
+    }
+    g_in["lm_predictions.lm_head.bias"] = g_in.pop("cls.predictions.bias")
+    g_in = {k: v for k, v in g_in.items() if not k.startswith("cls.predictions.decoder.")}
+    assert out["generator/model.safetensors"].keys() == g_in.keys()
+    assert all(torch.equal(out["generator/model.safetensors"][k], v) for k, v in g_in.items())
+    words = "deberta.embeddings.word_embeddings.weight"
+    assert out["model.safetensors"].keys() == d_in.keys()
+    assert all(torch.equal(out["model.safetensors"][k], v) for k, v in d_in.items() if k != words)
+    a, gen, b = d_in[words].double(), g_in[words].double(), out["model.safetensors"][words].double()
+    assert torch.all((b - a).abs() <= 2**-24 * ((a - gen).abs() * (1 + 2**-24) + a.abs()))
+    assert not torch.equal(a, b)  # the rounding is real, not hypothetical
+    delta = out["rtd_state.safetensors"]["deberta.embeddings.word_embeddings_delta"]
+    assert torch.equal(delta, d_in[words] - g_in[words])
+    export_hf(import_hf(tmp_path / "out"), tmp_path / "again")
+    for f in files:
+        x, y = out[f], load_file(tmp_path / "again" / f)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f

@@ -1,5 +1,6 @@
 """Two gloo ranks on CPU: ZeRO 0-3 match one rank, under every launcher (the DeepSpeed
-launcher, torchrun, ``mpirun``); exact resume after SIGTERM and after an in-process stop;
+launcher, torchrun, ``mpirun``); exact resume after SIGTERM and after an in-process stop
+(ELECTRA with dropout and RTD sampling: every rank's own RNG streams restored);
 rank 0's clock agreed for time-based checkpoints; and world-size changes: 2 ranks -> 1 rank
 -> 2 ranks at ZeRO 1 and 3 (DeepSpeed's universal format) with losses of the uninterrupted
 run and a per-step sample audit showing nothing lost or repeated; stages 0 and 2 on 1 rank.
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from pretrain import audit
 from pretrain.checkpoint import complete_tags
@@ -49,6 +51,15 @@ CHAIN = [
     "checkpoint.keep_last=5",
 ]
 CHAIN_STAGES = (1, 3)  # world-size change 2 -> 1 -> 2 ranks at these ZeRO stages
+# ELECTRA, dropout on (after COMMON's zeros): the ranks draw dropout masks and replacement
+# samples from different RNG streams, so each must get its own back on resume.
+ELECTRA = [
+    "max_steps=4",
+    "checkpoint.keep_last=3",
+    "model.overrides.hidden_dropout_prob=0.1",
+    "model.overrides.attention_probs_dropout_prob=0.1",
+]
+ELECTRA_STOP = 2
 
 
 def _port() -> int:
@@ -157,6 +168,17 @@ def runs(tmp_path_factory):
             ),
         },
         {"config": cfg, "overrides": _overrides(shards, base / "zero3-resumed", "zero.stage=3")},
+        *(  # ELECTRA: uninterrupted; stopped after ELECTRA_STOP steps; resumed
+            {
+                "config": str(REPO / "configs/debug-electra.toml"),
+                "overrides": _overrides(shards, base / run, *ELECTRA, *extra),
+            }
+            for run, extra in (
+                ("electra", ()),
+                ("electra-resumed", (f"max_steps={ELECTRA_STOP}", "eval.at_end=false")),
+                ("electra-resumed", ()),
+            )
+        ),
     ]
     (base / "spec.json").write_text(json.dumps(spec))
     res = subprocess.run(
@@ -231,6 +253,25 @@ def test_in_process_stop_and_resume_is_bit_exact_at_zero3(runs):
     base = runs["base"]
     for key in KEYS:
         assert losses(base / "zero3-resumed", key) == losses(base / "zero3", key), key
+
+
+def test_in_process_stop_and_resume_is_bit_exact_with_per_rank_rng_streams(runs):
+    """ELECTRA on 2 ranks, dropout on: stopped after step 2, resumed, equal to the
+    uninterrupted run at every step (restoring another rank's RNG file would not be)."""
+    base = runs["base"]
+    ref, resumed = base / "electra", base / "electra-resumed"
+    stop = resumed / "checkpoints" / f"step_{ELECTRA_STOP:08d}"
+    marker = json.loads((stop / "COMPLETE").read_text())
+    assert (marker["step"], marker["world_size"]) == (ELECTRA_STOP, 2)
+    rng = [
+        torch.load(stop / f"ranks/rank{r:05d}.pt", weights_only=True)["rng"]["torch"]
+        for r in (0, 1)
+    ]
+    assert not torch.equal(rng[0], rng[1])  # the ranks' streams differ: a swap would show
+    assert not list(resumed.glob("metrics.jsonl.prev-*"))  # continued, not started afresh
+    assert sorted(losses(resumed)) == [1, 2, 3, 4]
+    for key in ("loss", "mlm_loss", "mlm_acc", "rtd_loss", "rtd_acc", "grad_norm", "eval_loss"):
+        assert losses(resumed, key) == losses(ref, key), key
 
 
 def test_time_based_checkpoints_are_agreed_by_all_ranks(runs):

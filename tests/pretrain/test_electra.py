@@ -252,3 +252,33 @@ def test_config_derives_generator_from_the_paper_fractions():
         electra.Config(generator_hidden_size=96, generator_num_attention_heads=5)
     with pytest.raises(ValueError, match="rtd_weight"):
         electra.Config(rtd_weight=-1.0)
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_vocabulary_projection_sees_only_predicted_rows(fixed):
+    """The generator's tied projection gets (N, E) rows, never (B*T, E); the discriminator
+    head scores every token. A fixed capacity changes the replacement draws (more rows)."""
+    torch.manual_seed(0)
+    model = electra.Model(electra.Config(**TINY))
+    ids, attn, labels = batch()
+    per_row = (labels != -100).sum(1)
+    if fixed:
+        model.predict_capacity = int(per_row.max())
+    rows = ids.shape[0] * model.predict_capacity if fixed else int(per_row.sum())
+    seen = []
+    hook = lambda m, a, out: seen.append((m, a[0].shape, out.shape))  # noqa: E731
+    model.generator.generator_lm_head.register_forward_hook(hook)
+    model.discriminator.discriminator_predictions.register_forward_hook(hook)
+    torch.manual_seed(5)
+    out = model(ids, attn, labels)
+    gen_head = model.generator.generator_lm_head
+    disc_head = model.discriminator.discriminator_predictions
+    assert seen[0] == (gen_head, (rows, SHARED["embedding_size"]), (rows, VOCAB))
+    assert seen[1] == (disc_head, (*ids.shape, DISC["hidden_size"]), ids.shape)
+    assert len(seen) == 2 and rows < ids.numel()
+    if fixed:
+        model.predict_capacity = None
+        torch.manual_seed(5)
+        exact = model(ids, attn, labels)
+        torch.testing.assert_close(out["mlm_loss_sum"], exact["mlm_loss_sum"])
+        assert not torch.equal(out["rtd_loss_sum"], exact["rtd_loss_sum"])

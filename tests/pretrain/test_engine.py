@@ -1,5 +1,7 @@
-"""DeepSpeed config generation, optimizers (LAMB reference), schedules, loss normalisation."""
+"""DeepSpeed config generation, optimizer choice (fused kernels on GPU, mocked) and LAMB
+reference, schedules, loss normalisation (MLM and RTD) against a one-backward reference."""
 
+import inspect
 import math
 
 import numpy as np
@@ -11,7 +13,7 @@ from pretrain.config import load_config
 from pretrain.config_io import ConfigError
 from pretrain.models import build_model
 from pretrain.objectives import Objective, local_counts
-from pretrain.optim import AdamW, Lamb, lr_multiplier, param_groups
+from pretrain.optim import AdamW, Lamb, SkippableStep, lr_multiplier, param_groups
 
 BASE = ["data.shard_dir=/tmp/shards", "run_dir=/tmp/run"]
 
@@ -114,6 +116,97 @@ def test_skipped_step_changes_neither_parameters_nor_optimizer_state():
         opt.step()
         assert not opt.overflow and not torch.equal(p.detach(), torch.ones(3)) and opt.state
         p.data.fill_(1.0)
+
+
+def _fake_optimizer(real: type, calls: list):
+    """A stand-in for DeepSpeed's optimizer ``real`` (whose constructor would JIT-compile
+    or need CUDA): checks the keywords against ``real``'s signature and records them."""
+    sig = inspect.signature(real.__init__)
+
+    class Fake(torch.optim.Optimizer):
+        def __init__(self, params, **kwargs):
+            sig.bind(self, params, **kwargs)  # TypeError on a keyword ``real`` does not take
+            calls.append((real.__name__, kwargs))
+            super().__init__(params, {k: kwargs[k] for k in ("lr", "betas", "eps")})
+
+        def step(self, closure=None):
+            calls.append(("step", None))
+
+    Fake.__name__ = real.__name__
+    return Fake
+
+
+OPTIMIZER_CASES = {  # id: (device type, overrides, expected optimizer)
+    "cuda-auto-adamw": ("cuda", [], "FusedAdam"),
+    "cuda-deepspeed-adamw": ("cuda", ["optimizer.impl=deepspeed"], "FusedAdam"),
+    "cpu-deepspeed-adamw": ("cpu", ["optimizer.impl=deepspeed"], "FusedAdam"),  # explicit
+    # LAMB: ours on every device unless asked (FusedLamb adapts biases and norms too).
+    "cuda-auto-lamb": ("cuda", ["optimizer.name=lamb"], Lamb),
+    "cuda-deepspeed-lamb": (
+        "cuda",
+        ["optimizer.name=lamb", "optimizer.impl=deepspeed"],
+        "FusedLamb",
+    ),
+    "cuda-offload-cpu": (
+        "cuda",
+        ["zero.stage=2", "zero.offload_optimizer=cpu"],
+        "DeepSpeedCPUAdam",
+    ),
+    "cuda-offload-nvme": (
+        "cuda",
+        ["zero.stage=3", "zero.offload_optimizer=nvme", "zero.nvme_path=/x"],
+        "DeepSpeedCPUAdam",
+    ),
+    "cuda-torch-adamw": ("cuda", ["optimizer.impl=torch"], AdamW),
+    "cpu-auto-adamw": ("cpu", [], AdamW),
+    "cpu-auto-lamb": ("cpu", ["optimizer.name=lamb"], Lamb),
+    "cpu-auto-offload": ("cpu", ["zero.stage=1", "zero.offload_optimizer=cpu"], AdamW),
+}
+
+
+@pytest.mark.parametrize(
+    ("device", "overrides", "want"), list(OPTIMIZER_CASES.values()), ids=list(OPTIMIZER_CASES)
+)
+def test_build_optimizer_picks_fused_kernels_on_gpu_and_torch_on_cpu(
+    monkeypatch, device, overrides, want
+):
+    import deepspeed.ops.adam
+    import deepspeed.ops.lamb
+
+    calls: list = []
+    for module, name in (
+        (deepspeed.ops.adam, "FusedAdam"),
+        (deepspeed.ops.adam, "DeepSpeedCPUAdam"),
+        (deepspeed.ops.lamb, "FusedLamb"),
+    ):
+        monkeypatch.setattr(module, name, _fake_optimizer(getattr(module, name), calls))
+    cfg = cfg_with(
+        "optimizer.lr=2e-4",
+        "optimizer.betas=[0.8, 0.95]",
+        "optimizer.eps=1e-7",
+        "optimizer.weight_decay=0.03",
+        *overrides,
+    )
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    opt = eng.build_optimizer(cfg, model, device)
+    assert isinstance(opt, SkippableStep)
+    groups = [(g["weight_decay"], len(g["params"])) for g in opt.param_groups]
+    assert groups == [(0.03, 1), (0.0, 3)]  # the Linear's weight; bias and LayerNorm
+    g0 = opt.param_groups[0]
+    assert (g0["lr"], tuple(g0["betas"]), g0["eps"]) == (2e-4, (0.8, 0.95), 1e-7)
+    if not isinstance(want, str):  # a torch optimizer, constructed for real
+        assert type(opt) is want and not calls
+        return
+    assert type(opt).__name__ == f"Skippable{want}"
+    mode = {"FusedAdam": {"adam_w_mode": True}, "DeepSpeedCPUAdam": {"adamw_mode": True}}
+    expected = {"lr": 2e-4, "betas": (0.8, 0.95), "eps": 1e-7, **mode.get(want, {})}
+    assert calls == [(want, expected)]  # decoupled weight decay (AdamW), from the groups
+    opt.skip_step = True  # a non-finite step never reaches the fused kernel
+    opt.step()
+    assert opt.overflow and calls == [(want, expected)]
+    opt.skip_step = False
+    opt.step()
+    assert not opt.overflow and calls[-1] == ("step", None)
 
 
 def test_no_weight_decay_on_biases_and_layernorm_weights():
@@ -223,3 +316,61 @@ def test_micro_batch_losses_scale_to_the_exact_global_gradient_and_skip_works():
     next(e.module.parameters()).grad.view(-1)[0] = float("inf")
     assert e.step() == (False, None)
     assert all(torch.equal(p, after[n]) for n, p in e.module.named_parameters())
+
+
+def test_rtd_micro_batch_losses_scale_to_the_exact_global_gradient():
+    """ELECTRA: d(S_mlm / N_mlm + rtd_weight * S_rtd / N_tok) over all micro-batches, where
+    S are the loss sums of every micro-batch and N the global counts (predicted tokens for
+    the generator's MLM, real tokens for the discriminator), through DeepSpeed's 1/A."""
+    cfg = cfg_with(
+        "model.arch=electra",
+        "model.preset=electra-debug",
+        "batch.global_batch_size=12",
+        "batch.micro_batch_size=3",
+        "optimizer.grad_clip=0.0",
+    )
+    kw = dict(vocab_size=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    torch.manual_seed(0)
+    model = build_model("electra", "electra-debug", **kw)
+    reference = build_model("electra", "electra-debug", **kw)
+    reference.load_state_dict(model.state_dict())
+    weight = model.config.rtd_weight
+    assert weight not in (0.0, 1.0)  # a dropped or misapplied weight would show
+    gen = torch.Generator().manual_seed(1)
+    batches = [_batch(gen, 3, 10, 40) for _ in range(4)]
+    n_mlm, n_tok = (float(x) for x in local_counts(batches))
+    # Per-micro-batch counts differ: averaging per micro-batch would give other gradients.
+    assert len({int(b["attention_mask"].sum()) for b in batches}) > 1
+    # Reference: the same micro-batches (same replacement samples: same RNG sequence), one
+    # backward of the global objective.
+    torch.manual_seed(2)
+    outs = [reference(b["input_ids"], b["attention_mask"], b["labels"]) for b in batches]
+    s_mlm = sum(o["mlm_loss_sum"] for o in outs)
+    s_rtd = sum(o["rtd_loss_sum"] for o in outs)
+    assert sum(float(o["rtd_count"]) for o in outs) == n_tok  # real tokens, padding excluded
+    assert sum(float(o["mlm_count"]) for o in outs) == n_mlm
+    ref_loss = s_mlm / n_mlm + weight * s_rtd / n_tok
+    ref_loss.backward()
+    ref_loss, s_mlm, s_rtd = (float(t.detach()) for t in (ref_loss, s_mlm, s_rtd))
+
+    e = eng.Engine(model, cfg, eng.init_distributed(), lambda s: 1.0)
+    assert e.grad_accum == 4
+    obj = Objective(rtd=True, rtd_weight=weight)
+    obj.set_step(e.all_reduce(local_counts(batches)), e.grad_accum, e.world_size)
+    torch.manual_seed(2)
+    for b in batches:
+        e.backward(obj.loss(e.forward(b, segments=False)))
+    ref_grads = dict(reference.named_parameters())
+    for name, p in e.module.named_parameters():
+        torch.testing.assert_close(p.grad, ref_grads[name].grad, rtol=1e-5, atol=1e-7)
+    heads = (
+        e.module.discriminator.discriminator_predictions,
+        e.module.generator.generator_predictions,
+    )
+    for head in heads:  # only the RTD term reaches the first, only the MLM term the second
+        assert all(p.grad.abs().sum() > 0 for p in head.parameters())
+    # The logged loss is the same objective (metrics from the accumulated sums).
+    m = obj.metrics(*obj.take_sums())
+    assert m["loss"] == pytest.approx(ref_loss, rel=1e-6)
+    assert m["mlm_loss"] == pytest.approx(s_mlm / n_mlm, rel=1e-6)
+    assert m["rtd_loss"] == pytest.approx(s_rtd / n_tok, rel=1e-6)

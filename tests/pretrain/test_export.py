@@ -1,8 +1,11 @@
 """`python -m pretrain export` and `export_model`: HF directories with tokenizer files that
-transformers' standard classes load, round trips, and one-line errors."""
+transformers' standard classes load (RoBERTa, ELECTRA, DeBERTa), round trips, one-line
+errors, and HF weight files that would run code refused."""
 
 from __future__ import annotations
 
+import os
+import pickle
 import sys
 import types
 from pydoc_data.topics import topics
@@ -14,7 +17,8 @@ from safetensors.torch import load_file
 from data_pipeline.tokenizer import Tokenizer
 from pretrain.cli import main as cli
 from pretrain.export import export_model
-from pretrain.models import electra, roberta
+from pretrain.models import deberta, electra, roberta
+from pretrain.models.common import UnsafeFileError
 
 transformers = pytest.importorskip("transformers")
 
@@ -25,6 +29,14 @@ TOKENIZER_FILES = {"tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 def tok_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tok")
     Tokenizer.train(list(topics.values()), path, 800, kind="bytelevel", family="roberta")
+    return path
+
+
+@pytest.fixture(scope="module")
+def spm_tok_dir(tmp_path_factory):
+    """A DeBERTa-v3-like tokenizer: sentencepiece-style BPE with [CLS]/[SEP]/[MASK]."""
+    path = tmp_path_factory.mktemp("spm")
+    Tokenizer.train(list(topics.values()), path, 800, kind="spm-bpe", family="bert")
     return path
 
 
@@ -135,3 +147,92 @@ def test_cli_errors_are_one_line(tok_dir, tmp_path, capsys):
     small = roberta.Model(roberta.Config(**roberta.PRESETS["roberta-debug"], vocab_size=300))
     with pytest.raises(ValueError, match="not this model's tokenizer"):
         export_model(small, tok_dir, tmp_path / "o5")
+
+
+@pytest.mark.parametrize("objective,emd", [("mlm", False), ("mlm", True), ("rtd", True)])
+def test_deberta_export_loads_with_auto_classes(objective, emd, spm_tok_dir, tmp_path):
+    """AutoTokenizer gives our ids; AutoModelForMaskedLM (the generator for RTD) our logits
+    as HF runs the model (without EMD); the RTD discriminator loads as DebertaV2Model with
+    our hidden states. Nothing missing, unexpected or freshly initialised."""
+    tok = Tokenizer.load(spm_tok_dir)
+    torch.manual_seed(0)
+    model = deberta.Model(
+        deberta.Config(
+            **deberta.PRESETS["deberta-debug"],
+            vocab_size=tok.vocab_size,
+            pad_token_id=tok.pad_id,
+            objective=objective,
+            emd=emd,
+        )
+    ).eval()
+    with torch.no_grad():  # biases and LayerNorms away from their initialisation
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    out = export_model(model, spm_tok_dir, tmp_path / "hf")
+    mlm_dir = out / "generator" if objective == "rtd" else out
+    text = f"Return the value of the named attribute of {tok.specials.mask} object."
+    ids = ids_of(tok, text)
+    ones = torch.ones_like(ids)
+    for d in {out, mlm_dir}:
+        assert transformers.AutoTokenizer.from_pretrained(d)(text)["input_ids"] == ids[0].tolist()
+    hf, info = transformers.AutoModelForMaskedLM.from_pretrained(mlm_dir, output_loading_info=True)
+    assert type(hf).__name__ == "DebertaV2ForMaskedLM"
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+    # HF ignores the EMD table (its DebertaV2ForMaskedLM has no EMD); kept for init_from.
+    emd_key = "deberta.embeddings.position_embeddings.weight"
+    assert (emd_key in load_file(mlm_dir / "model.safetensors")) == emd
+    with torch.no_grad():
+        diff = hf.eval()(input_ids=ids).logits - model.mlm_logits(ids, ones, emd=False)
+        assert diff.abs().max() <= 1e-5
+        if objective == "rtd":
+            disc, info = transformers.AutoModel.from_pretrained(out, output_loading_info=True)
+            assert type(disc).__name__ == "DebertaV2Model"
+            assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
+            hidden = disc.eval()(input_ids=ids).last_hidden_state
+            assert (hidden - model.encode(ids, ones)).abs().max() <= 1e-5
+
+
+class Payload:
+    """Unpickling this runs ``touch PATH`` (what a malicious weights file would do)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.path}",))
+
+
+def test_hf_weight_files_that_would_run_code_are_refused(tok_dir, spm_tok_dir, tmp_path, capsys):
+    """``pytorch_model.bin`` (and microsoft's ``pytorch_model.generator.bin``) are read with
+    ``torch.load(weights_only=True)``: a pickled payload is refused in one line, unrun."""
+    marker = tmp_path / "PAYLOAD_RAN"
+    out = export_model(tiny_roberta(Tokenizer.load(tok_dir)), tok_dir, tmp_path / "hf")
+    (out / "model.safetensors").unlink()
+    torch.save(
+        {"roberta.embeddings.word_embeddings.weight": Payload(marker)}, out / "pytorch_model.bin"
+    )
+    with pytest.raises(UnsafeFileError, match="pytorch_model.bin: refused to load: it references"):
+        roberta.import_hf(out)
+    for argv in (
+        ["fill-mask", "--model", str(out), "a <mask>"],
+        ["export", "--model-dir", str(out), "--out", str(tmp_path / "again")],
+    ):
+        assert cli(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and "\n" not in err and "posix.system" in err, err
+    (out / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload(marker)}))  # bare pickle
+    with pytest.raises(UnsafeFileError, match="refused to load"):
+        roberta.import_hf(out)
+    tok = Tokenizer.load(spm_tok_dir)
+    model = deberta.Model(
+        deberta.Config(**deberta.PRESETS["deberta-debug"], vocab_size=tok.vocab_size)
+    )
+    d = export_model(model, spm_tok_dir, tmp_path / "deberta")  # RTD: microsoft's hub layout
+    for f in ("generator/config.json", "generator/model.safetensors", "rtd_state.safetensors"):
+        (d / f).unlink()
+    torch.save({"x": Payload(marker)}, d / "pytorch_model.generator.bin")
+    with pytest.raises(UnsafeFileError, match="generator.bin: refused to load"):
+        deberta.import_hf(d)
+    assert not marker.exists()
+    torch.load(d / "pytorch_model.generator.bin", weights_only=False)  # it is a real payload
+    assert marker.exists()

@@ -1,5 +1,6 @@
 """`python -m pretrain fill-mask` agrees with transformers' fill-mask pipeline on the same
-exported directory (top-k ids and scores), for RoBERTa (<mask>) and ELECTRA ([MASK])."""
+exported directory (top-k ids and scores), for RoBERTa (<mask>), ELECTRA ([MASK]) and
+DeBERTa (MLM, RTD, and MLM trained with the enhanced mask decoder, which HF runs without)."""
 
 from __future__ import annotations
 
@@ -13,27 +14,54 @@ from data_pipeline.tokenizer import Tokenizer
 from pretrain.cli import main as cli
 from pretrain.export import export_model
 from pretrain.fill_mask import fill_mask
-from pretrain.models import electra, roberta
+from pretrain.models import deberta, electra, roberta
 
 transformers = pytest.importorskip("transformers")
 
+# case -> (module, Config overrides, tokenizer family)
+CASES = {
+    "roberta": (roberta, {}, "roberta"),
+    "electra": (electra, {}, "bert"),
+    "deberta-mlm": (deberta, {"objective": "mlm"}, "bert"),
+    "deberta-rtd": (deberta, {"objective": "rtd"}, "bert"),
+    "deberta-emd": (deberta, {"objective": "mlm", "emd": True}, "bert"),
+}
 
-def exported(tmp_path, arch: str):
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory):
+    """family -> tokenizer directory, trained once on Python's own docs."""
+    out = {}
+    for family, kind in (("roberta", "bytelevel"), ("bert", "spm-bpe")):
+        out[family] = tmp_path_factory.mktemp(f"tok-{family}")
+        Tokenizer.train(list(topics.values()), out[family], 800, kind=kind, family=family)
+    return out
+
+
+def exported(tmp_path, tokenizers, case: str):
     """(HF dir, tokenizer, model): a debug model with a skewed output bias (so the top-k
-    order is well defined) exported with a tokenizer trained on Python's own docs."""
-    kind, family = ("bytelevel", "roberta") if arch == "roberta" else ("spm-bpe", "bert")
-    tok = Tokenizer.train(list(topics.values()), tmp_path / "tok", 800, kind=kind, family=family)
-    mod = roberta if arch == "roberta" else electra
+    order is well defined) exported with the tokenizer."""
+    mod, overrides, family = CASES[case]
+    tok = Tokenizer.load(tokenizers[family])
+    arch = mod.__name__.rsplit(".", 1)[-1]
     torch.manual_seed(0)
     model = mod.Model(
         mod.Config(
-            **mod.PRESETS[f"{arch}-debug"], vocab_size=tok.vocab_size, pad_token_id=tok.pad_id
+            **mod.PRESETS[f"{arch}-debug"],
+            vocab_size=tok.vocab_size,
+            pad_token_id=tok.pad_id,
+            **overrides,
         )
     ).eval()
-    bias = model.lm_head.bias if arch == "roberta" else model.generator.generator_lm_head.bias
+    if arch == "roberta":
+        bias = model.lm_head.bias
+    elif arch == "electra":
+        bias = model.generator.generator_lm_head.bias
+    else:
+        bias = model.mlm_part.lm_predictions.lm_head.bias
     with torch.no_grad():
         bias.normal_(0, 2.0)
-    return export_model(model, tmp_path / "tok", tmp_path / "hf"), tok, model
+    return export_model(model, tokenizers[family], tmp_path / "hf"), tok, model
 
 
 def hf_fill(model_dir, text, top_k):
@@ -44,24 +72,44 @@ def hf_fill(model_dir, text, top_k):
     return out if isinstance(out[0], list) else [out]
 
 
-@pytest.mark.parametrize("arch", ["roberta", "electra"])
-def test_cli_matches_transformers_pipeline(arch, tmp_path, capsys):
-    model_dir, tok, _ = exported(tmp_path, arch)
+@pytest.mark.parametrize("case", list(CASES))
+def test_cli_matches_transformers_pipeline(case, tmp_path, tokenizers, capsys):
+    model_dir, tok, model = exported(tmp_path, tokenizers, case)
     text = "Return the <mask> of the named attribute of <mask> object."
     assert cli(["fill-mask", "--model", str(model_dir), "--top-k", "4", "--json", text]) == 0
     ours = json.loads(capsys.readouterr().out)
-    hf_dir = model_dir / "generator" if arch == "electra" else model_dir
-    theirs = hf_fill(hf_dir, text.replace("<mask>", tok.specials.mask), 4)
+    rtd = (model_dir / "generator").is_dir()
+    assert rtd == (case in ("electra", "deberta-rtd"))
+    theirs = hf_fill(
+        model_dir / "generator" if rtd else model_dir, text.replace("<mask>", tok.specials.mask), 4
+    )
     assert len(ours) == len(theirs) == 2
     for mine, ref in zip(ours, theirs, strict=True):
         assert [p["token_id"] for p in mine] == [p["token"] for p in ref]
         for p, r in zip(mine, ref, strict=True):
             assert abs(p["score"] - r["score"]) <= 1e-5
             assert p["token"] == tok.decode([p["token_id"]])
+    if case == "deberta-emd":
+        # The export keeps the EMD table (for init_from); HF runs without EMD, and so does
+        # fill-mask on the directory, while the trained model decodes with EMD.
+        assert "deberta.embeddings.position_embeddings.weight" in _safetensors_keys(model_dir)
+        with_emd = fill_mask(model, tok, text, top_k=4)
+        assert _scores(with_emd) != _scores(ours)
 
 
-def test_function_and_plain_output(tmp_path, capsys):
-    model_dir, tok, model = exported(tmp_path, "roberta")
+def _scores(preds: list[list[dict]]) -> list[list[float]]:
+    return [[p["score"] for p in mask] for mask in preds]
+
+
+def _safetensors_keys(model_dir) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(model_dir / "model.safetensors"), "pt") as f:
+        return set(f.keys())
+
+
+def test_function_and_plain_output(tmp_path, tokenizers, capsys):
+    model_dir, tok, model = exported(tmp_path, tokenizers, "roberta")
     preds = fill_mask(model, tok, "The <mask> statement.", top_k=3)
     assert len(preds) == 1 and len(preds[0]) == 3
     scores = [p["score"] for p in preds[0]]
@@ -76,15 +124,19 @@ def test_function_and_plain_output(tmp_path, capsys):
     assert out[0] == "mask 1:" and len(out) == 3 and f"(id {preds[0][0]['token_id']})" in out[1]
 
 
-def test_errors_are_one_line(tmp_path, capsys):
-    model_dir, _, _ = exported(tmp_path, "electra")
+def test_errors_are_one_line(tmp_path, tokenizers, capsys):
+    model_dir, _, _ = exported(tmp_path, tokenizers, "electra")
     assert cli(["fill-mask", "--model", str(model_dir), "no mask here"]) == 2
     assert "no <mask>" in capsys.readouterr().err
     (model_dir / "generator" / "config.json").unlink()
     assert cli(["fill-mask", "--model", str(model_dir), "a <mask>"]) == 2
     assert "without generator" in capsys.readouterr().err
+    deberta_dir, _, _ = exported(tmp_path / "d", tokenizers, "deberta-rtd")
+    (deberta_dir / "generator" / "config.json").unlink()
+    assert cli(["fill-mask", "--model", str(deberta_dir), "a <mask>"]) == 2
+    assert "DeBERTa discriminator without generator" in capsys.readouterr().err
     assert cli(["fill-mask", "--model", str(tmp_path / "nowhere"), "a <mask>"]) == 2
     assert cli(["fill-mask", "--model", str(tmp_path), "--top-k", "0", "a <mask>"]) == 2
-    assert cli(["fill-mask", "--model", str(tmp_path / "tok"), "a <mask>"]) == 2
+    assert cli(["fill-mask", "--model", str(tokenizers["bert"]), "a <mask>"]) == 2
     errors = capsys.readouterr().err.strip().splitlines()
     assert len(errors) == 3 and all(e.startswith("error: ") for e in errors)

@@ -165,3 +165,33 @@ def test_compiled_blocks_match_eager(arch, overrides, monkeypatch):
     _assert_same(_run(eager, batch), _run(compiled, batch), atol=1e-4)
     # Parameter names (checkpoints, HF export) are untouched by compilation.
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+
+def test_training_with_the_perf_table_keeps_the_losses(tmp_path):
+    """``[perf]`` in a run config reaches the session's model; same losses as the exact path."""
+    from pretrain.config import ConfigError
+    from pretrain.testing import debug_config, losses, synthetic_shards
+    from pretrain.trainer import train
+
+    shards = synthetic_shards(tmp_path / "shards")
+    common = [
+        "max_steps=3",
+        "checkpoint.export_hf=false",
+        "eval.every_steps=0",
+        "eval.at_end=false",
+        "logging.every_steps=1",
+        "model.overrides.hidden_dropout_prob=0.0",
+        "model.overrides.attention_probs_dropout_prob=0.0",
+    ]
+    exact = train(debug_config("roberta", shards, tmp_path / "exact", *common))
+    fixed = train(
+        debug_config("roberta", shards, tmp_path / "fixed", *common, "perf.predict_capacity=auto")
+    )
+    assert exact.perf["predict_capacity"] is None
+    assert fixed.perf == {"predict_capacity": 10, "compiled_modules": 0}  # 15 % of 64, + 1
+    want, got = losses(tmp_path / "exact"), losses(tmp_path / "fixed")
+    assert list(got) == [1, 2, 3]
+    for step in want:  # same terms, another summation order
+        assert abs(got[step] - want[step]) <= 1e-6 * abs(want[step])
+    with pytest.raises(ConfigError, match="perf.compile_mode must be one of"):
+        debug_config("roberta", shards, tmp_path / "bad", "perf.compile_mode=fast")

@@ -213,3 +213,19 @@ def test_config_validation_and_length_limit():
     ids = torch.full((1, limit + 1), 5)
     with pytest.raises(ValueError, match="exceeds the model's maximum"):
         model.mlm_logits(ids, torch.ones_like(ids))
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_vocabulary_projection_sees_only_predicted_rows(fixed):
+    """The head (dense -> LayerNorm -> tied projection) gets (N, C), never (B*T, C)."""
+    model = roberta.Model(roberta.Config(**TINY))
+    ids, attn, labels = batch(3)
+    per_row = (labels != -100).sum(1)
+    if fixed:  # static shapes: K = the most labels in a row, still < T
+        model.predict_capacity = int(per_row.max())
+    rows = ids.shape[0] * model.predict_capacity if fixed else int(per_row.sum())
+    seen = []
+    model.lm_head.register_forward_hook(lambda m, a, out: seen.append((a[0].shape, out.shape)))
+    out = model(ids, attn, labels)
+    assert seen == [((rows, TINY["hidden_size"]), (rows, VOCAB))]
+    assert rows < ids.numel() and out["mlm_count"] == per_row.sum()
