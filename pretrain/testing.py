@@ -123,6 +123,15 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a test's rendezvous or master port)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_spec(spec_path: str) -> int:
     """Every rank: train each entry of the JSON list ``[{"config", "overrides", "resume"}]``."""
     from pretrain import engine

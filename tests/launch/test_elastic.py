@@ -15,7 +15,6 @@ sample audit shows every row of the epoch consumed exactly once.
 
 import json
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ import pytest
 
 from pretrain import audit
 from pretrain.checkpoint import complete_tags, read_marker
-from pretrain.testing import REPO, clean_env, debug_config, losses, synthetic_shards
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, synthetic_shards
 from pretrain.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -48,12 +47,6 @@ COMMON = [
 ]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Job:
     """elastic.sh "nodes" of one job on this machine."""
 
@@ -68,7 +61,7 @@ class Job:
         ]
         self.env = clean_env(
             NNODES="1:2",
-            RDZV_ENDPOINT=f"127.0.0.1:{_port()}",
+            RDZV_ENDPOINT=f"127.0.0.1:{free_port()}",
             RDZV_ID="elastic-test",
             RDZV_CONF="last_call_timeout=1",
             MAX_RESTARTS="2",

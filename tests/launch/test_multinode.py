@@ -9,7 +9,6 @@ checkpoint and ends with the losses of an uninterrupted one-process run.
 
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,7 +18,7 @@ import psutil
 import pytest
 
 from pretrain.checkpoint import complete_tags
-from pretrain.testing import REPO, clean_env, debug_config, losses, synthetic_shards
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, synthetic_shards
 from pretrain.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -38,12 +37,6 @@ COMMON = [
     "logging.every_steps=1",
 ]
 KILL_DEADLINE_S = 60
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _nodes(hostfile: Path, port: int, overrides: list[str]) -> list[subprocess.Popen]:
@@ -99,7 +92,7 @@ def test_two_nodes_a_killed_rank_ends_the_job_and_the_restart_resumes(tmp_path_f
     run = base / "run"
     overrides = [f"data.shard_dir={shards}", f"run_dir={run}", *COMMON]
     # 1. Both nodes train (max_steps far away, a slow pace); kill rank 1 after step 4.
-    procs = _nodes(hostfile, _port(), [*overrides, "max_steps=1000", "debug.step_delay_s=0.2"])
+    procs = _nodes(hostfile, free_port(), [*overrides, "max_steps=1000", "debug.step_delay_s=0.2"])
     victim = _rank_process(procs[0])
     deadline = time.monotonic() + 240
     while not (complete_tags(run / "checkpoints") and max(losses(run), default=0) >= 4):
@@ -114,7 +107,7 @@ def test_two_nodes_a_killed_rank_ends_the_job_and_the_restart_resumes(tmp_path_f
     assert re.search(r"Connection (closed|reset) by peer", outs[1])  # rank 0 failed at once
     last = complete_tags(run / "checkpoints")[-1]
     # 2. The same command on both nodes (now with the intended max_steps) resumes.
-    procs = _nodes(hostfile, _port(), [*overrides, f"max_steps={STEPS}"])
+    procs = _nodes(hostfile, free_port(), [*overrides, f"max_steps={STEPS}"])
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs), [o[-3000:] for o in outs]
     assert re.search(rf"resuming from \S+/{last} ", outs[1]), outs[1][-3000:]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from pretrain.checkpoint import complete_tags
-from pretrain.testing import REPO, clean_env, debug_config, losses, synthetic_shards
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, synthetic_shards
 from pretrain.trainer import train
 
 SCRIPT = REPO / "launch/slurm/pretrain.sbatch"
@@ -67,14 +67,6 @@ if [ "$1 $2" = "show hostnames" ]; then echo "$3" | tr ',' '\n'; fi
 """
 
 
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def slurm(tmp_path):
     """(environment, stub log) of a fake 2-task, 1-node job."""
@@ -92,7 +84,7 @@ def slurm(tmp_path):
         SLURM_NTASKS="2",
         SLURM_SUBMIT_DIR=str(REPO),
         STUB_LOG=str(log),
-        MASTER_PORT=str(_port()),
+        MASTER_PORT=str(free_port()),
         OMP_NUM_THREADS="1",
     )
     return env, log

@@ -12,7 +12,6 @@ resume), torchrun once for all the other two-rank runs (``python -m pretrain.tes
 """
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ import torch
 
 from pretrain import audit
 from pretrain.checkpoint import complete_tags
-from pretrain.testing import REPO, clean_env, debug_config, losses, synthetic_shards
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, synthetic_shards
 from pretrain.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -62,12 +61,6 @@ ELECTRA = [
 ELECTRA_STOP = 2
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _overrides(shards, run_dir, *extra):
     return [f"data.shard_dir={shards}", f"run_dir={run_dir}", *COMMON, *extra]
 
@@ -78,7 +71,7 @@ def _deepspeed(shards, run_dir, *extra):
         "--num_gpus",
         "2",
         "--master_port",
-        str(_port()),
+        str(free_port()),
         str(REPO / "launch/pretrain.sh"),
         "--config",
         str(REPO / "configs/debug-roberta.toml"),
@@ -92,7 +85,7 @@ def _deepspeed(shards, run_dir, *extra):
 def _mpirun(args: list[str]) -> subprocess.CompletedProcess:
     """``mpirun -n 2 python ARGS`` (the venv's MPICH; ranks from mpi4py, our port)."""
     mpirun = str(Path(sys.executable).parent / "mpirun")
-    env = clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_port()))
+    env = clean_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     cmd = [mpirun, "-n", "2", sys.executable, *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
