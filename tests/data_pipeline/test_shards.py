@@ -13,6 +13,7 @@ import webdataset as wds
 from data_pipeline.shards import (
     CorruptShardError,
     Manifest,
+    PackedDocs,
     ShardFormatError,
     ShardReader,
     ShardWriter,
@@ -73,6 +74,33 @@ def test_writer_bytes_equal_tarfile_and_np_save(tmp_path, dtype):
     assert info.bytes == os.path.getsize(tmp_path / "s.tar")
     assert info.documents == len(docs) and info.tokens == sum(len(d[2]) for d in docs)
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "uint32"])
+def test_batched_writes_equal_tarfile_and_np_save(tmp_path, dtype):
+    """``add_batch`` (the preprocessing path): a subset of a packed batch in another order,
+    keys of two lengths, a 600 K-token member, then a batch cut by ``stop_at``."""
+    docs = make_docs(dtype, seed=2)
+    docs[3] = ("longer-key-3", *docs[3][1:])
+    ids = np.concatenate([d[2] for d in docs])
+    ws = np.concatenate([d[3] for d in docs])
+    bounds = np.cumsum([0] + [len(d[2]) for d in docs])
+    packed = PackedDocs(ids, ws, bounds, dtype)
+    order = [4, 0, 3, 6, 1, 2, 9]  # the batch minus three documents, reordered
+    w = ShardWriter(tmp_path, "s.tar", dtype)
+    assert w.add_batch(packed, order, [docs[j][0] for j in order], [docs[j][1] for j in order]) == 7
+    rest = [5, 7, 8]
+    keys, names = [f"r{docs[j][0]}" for j in rest], [docs[j][1] for j in rest]
+    n = w.add_batch(packed, rest, keys, names, stop_at=w.bytes_written + 1)
+    assert n == 1  # the first document reaches stop_at: the writer stops after it
+    info = w.close("train")
+    want = [docs[j] for j in order] + [(keys[0], *docs[rest[0]][1:])]
+    reference_tar(tmp_path / "ref.tar", want, dtype)
+    assert (tmp_path / "s.tar").read_bytes() == (tmp_path / "ref.tar").read_bytes()
+    assert info.documents == 8 and info.tokens == sum(len(d[2]) for d in want)
+    with pytest.raises(ValueError, match="duplicate sample key"):
+        w2 = ShardWriter(tmp_path, "t.tar", dtype)
+        w2.add_batch(packed, [0, 1], ["same", "same"], ["a", "b"])
 
 
 def test_plain_webdataset_and_index_read_back(tmp_path):
