@@ -2,7 +2,8 @@
 # Every benchmark from one command; each appends its section to bench/RESULTS.md.
 #
 #   bash bench/run_all.sh                  CPU: preprocess, loader, model_step, train_throughput
-#                                          (small presets; ~15 min on 2 cores)
+#                                          (small presets; ~15 min on 2 cores), then faults
+#                                          (fault injection, ~15 min more)
 #   bash bench/run_all.sh --gpu            on a GPU machine, from the repo root: installs the
 #                                          wheels of .whl/ (bench/gpu_prepare.sh) into /tmp/site
 #                                          if DeepSpeed is missing, then train_throughput and
@@ -57,6 +58,7 @@ if [[ $MODE == cpu ]]; then
     run "$PY" bench/loader.py --results "$RESULTS"
     run "$PY" bench/model_step.py --results "$RESULTS"
     run "$PY" bench/train_throughput.py --results "$RESULTS"
+    run "$PY" bench/faults.py --results "$RESULTS"
     exit $status
 fi
 

@@ -41,7 +41,7 @@ from data_pipeline.readers import (
     list_inputs,
 )
 from data_pipeline.run_dir import check_out_dir, finish_manifest, parse_size
-from data_pipeline.shards import ShardFormatError, token_dtype
+from data_pipeline.shards import FORMAT_VERSION, ShardFormatError, token_dtype
 from data_pipeline.unit_writer import UnitContext, load_progress, process_unit, unit_stem
 
 
@@ -114,7 +114,9 @@ def _plan(cfg: PreprocessConfig, tok) -> tuple[UnitContext, list[WorkUnit], Read
         },
         "inputs": [[f.name, s, f.size, f.mtime_ns] for f, s in zip(files, sources, strict=True)],
     }
-    run_key = hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()[:32]
+    # The shard format is part of the key: units finished by an older format are redone.
+    keyed = {**run, "format": FORMAT_VERSION}
+    run_key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:32]
     check_out_dir(cfg.out, run)
     ctx = UnitContext(
         files,

@@ -9,13 +9,17 @@ streaming loader (which reads them). One document is one webdataset sample:
     <key>.meta.json        {"id": "<source file>:<line or row>", "tokens": n}
 
 Plain ``webdataset.WebDataset(url).decode()`` reads these shards. Beside every
-``NAME.tar`` sits ``NAME.idx.npy``: an int64 array (documents, 5) with, per
-document, [ids data offset, n_tokens, word_start data offset, word_start bytes,
-crc32(ids bytes + word_start bytes)]. The loader uses it to ``pread`` exactly the
-documents its rank needs (no rank reads whole shards it does not need) and to
-detect flipped bytes per document. Shards are byte-identical for identical input
-(fixed mtime/uid, deterministic member order), and written atomically: a shard
-exists under its final name only once both the tar and its index are complete.
+``NAME.tar`` sits ``NAME.idx.npy``: an int64 array with one row per document (columns
+``INDEX_COLUMNS``): where its token ids and packed word starts are, and (format 2) the
+byte extent of each of its three tar members, header and padding included, with a crc32
+of each. The loader ``pread``s exactly the documents its rank needs, one record (three
+members) per read, and checks every byte it read against those crc32s, so damage anywhere
+in a record -- data, tar header or padding -- is named by shard, document and member as
+the document is read. The index itself is checked against the manifest's sha256 when a
+reader opens it. Format 1 shards (data-only crc32, no member extents) are still read.
+Shards are byte-identical for identical input (fixed mtime/uid, deterministic member
+order), and written atomically: a shard exists under its final name only once both the
+tar and its index are complete.
 """
 
 from __future__ import annotations
@@ -33,14 +37,25 @@ from typing import Any
 
 import numpy as np
 
+from data_pipeline.cli import CommandError
+
 FORMAT_NAME = "encoder-pretraining-shards"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: index without member extents (data-only crc32)
 MANIFEST_NAME = "manifest.json"
 INDEX_SUFFIX = ".idx.npy"
-INDEX_COLUMNS = ("ids_offset", "n_tokens", "ws_offset", "ws_bytes", "crc32")
+INDEX_COLUMNS_V1 = ("ids_offset", "n_tokens", "ws_offset", "ws_bytes", "crc32")
+# Format 2 adds the record: member k spans [bounds[k], bounds[k+1]) of the tar, with
+# bounds = (record_offset, ids_end, ws_end, record_end); a crc32 of the whole record (one
+# check per read) and one per member (to name the damaged member when it fails).
+INDEX_COLUMNS = (
+    *INDEX_COLUMNS_V1,
+    "record_offset", "ids_end", "ws_end", "record_end", "record_crc32",
+    "ids_member_crc32", "ws_member_crc32", "meta_member_crc32",
+)  # fmt: skip
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(CommandError, ValueError):
     """A directory or file that is not a valid shard directory / shard (one-line message)."""
 
 
@@ -104,9 +119,10 @@ class Manifest:
             raise ShardFormatError(f"{path}: unreadable manifest ({e})") from e
         if raw.get("format") != FORMAT_NAME:
             raise ShardFormatError(f"{path}: not a manifest of this project's shard format")
-        if raw.get("version") != FORMAT_VERSION:
+        if raw.get("version") not in READABLE_VERSIONS:
             raise ShardFormatError(
-                f"{path}: shard format version {raw.get('version')}, this code reads {FORMAT_VERSION}"
+                f"{path}: shard format version {raw.get('version')}, this code reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))} (re-run preprocess with this code)"
             )
         shards = [ShardInfo(**s) for s in raw.pop("shards")]
         return cls(shards=shards, **raw)
@@ -299,7 +315,9 @@ class ShardWriter:
         self._size = 0  # bytes written or queued
         self._pending: list = []  # queued parts of documents: one join and write per ~1 MB
         self._pending_bytes = 0
-        self._rows: list[tuple[int, int, int, int, int]] = []
+        self._rows: list[list[int]] = []  # index rows (INDEX_COLUMNS)
+        self._unsummed = 0  # rows from here on still lack their member crc32s
+        self._flushed = 0  # bytes written to the file
         self.tokens = 0
         self._keys: set[bytes] = set()
         self._ids_members = _MEMBERS_BY_LENGTH.setdefault(self._descr, {})
@@ -313,11 +331,43 @@ class ShardWriter:
         return self._size
 
     def _flush(self, join: bool = True) -> None:
-        for blob in [b"".join(self._pending)] if join else self._pending:
+        parts = [b"".join(self._pending)] if join else self._pending
+        self._sum_members(parts)
+        for blob in parts:
             self._f.write(blob)
             self._sha.update(blob)
+            self._flushed += len(blob)
         self._pending.clear()
         self._pending_bytes = 0
+
+    def _sum_members(self, parts: list) -> None:
+        """The member crc32s of the queued documents, whose records lie in ``parts`` (the
+        queued bytes, starting at ``self._flushed``): computed where the bytes already are,
+        one pass over one joined buffer in the common case."""
+        rows, base, crc32 = self._rows[self._unsummed :], self._flushed, zlib.crc32
+        self._unsummed = len(self._rows)
+        if len(parts) == 1:
+            mv = memoryview(parts[0])
+            for row in rows:
+                a, b, c, d = row[5] - base, row[6] - base, row[7] - base, row[8] - base
+                row[9] = crc32(mv[a:d])
+                row[10], row[11], row[12] = crc32(mv[a:b]), crc32(mv[b:c]), crc32(mv[c:d])
+            return
+        # Parts left unjoined (a long document is not copied): walk them once. A member
+        # may span several parts; a part never spans two records.
+        it, part, start = iter(parts), memoryview(b""), base  # part covers [start, +len)
+        for row in rows:
+            record = 0
+            for k in range(3):
+                a, b, crc = row[5 + k], row[6 + k], 0
+                while a < b:
+                    while a >= start + len(part):
+                        start, part = start + len(part), memoryview(next(it))
+                    piece = part[a - start : min(b, start + len(part)) - start]
+                    crc, record = crc32(piece, crc), crc32(piece, record)
+                    a += len(piece)
+                row[10 + k] = crc
+            row[9] = record
 
     def add(self, key: str, doc_id: str, ids: np.ndarray, word_start: np.ndarray) -> None:
         """Append one document. ``key`` must be unique in the shard, short, without '.' or '/'."""
@@ -391,7 +441,11 @@ class ShardWriter:
                 kb, t2, d2, b"%06o\x00 " % (c2 + ks + s2), e2, ws_data, p2,
                 kb, t3, d3, b"%06o\x00 " % (c3 + ks + s3), e3, meta, p3,
             )  # fmt: skip
-            rows.append((size + o1, n, size + m1 + o2, nw, crc32(ws_data, crc32(ids_data))))
+            ids_end, ws_end = size + m1, size + m1 + m2
+            rows.append([
+                size + o1, n, ids_end + o2, nw, crc32(ws_data, crc32(ids_data)),
+                size, ids_end, ws_end, ws_end + m3, 0, 0, 0, 0,  # crc32s: at the flush
+            ])  # fmt: skip
             size += m1 + m2 + m3
             queued += m1 + m2 + m3
             tokens += n
@@ -444,16 +498,37 @@ class ShardWriter:
             self._tmp.unlink(missing_ok=True)
 
 
-def load_index(shard_dir: str | os.PathLike, info: ShardInfo) -> np.ndarray:
-    """The (documents, 5) int64 index of a shard; CorruptShardError if missing or inconsistent."""
+def load_index(shard_dir: str | os.PathLike, info: ShardInfo, verify: bool = True) -> np.ndarray:
+    """The (documents, columns) int64 index of a shard: ``INDEX_COLUMNS`` (format 2) or
+    ``INDEX_COLUMNS_V1``. With ``verify`` its bytes must match the manifest's sha256 (an
+    index is ~100 bytes a document: cheap, and every byte training reads is then checked).
+    CorruptShardError if missing, altered or inconsistent."""
     path = Path(shard_dir) / info.index
     try:
-        index = np.load(path, allow_pickle=False)
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CorruptShardError(
+            info.name, f"index {info.index} unreadable ({e.strerror or e})", info.documents
+        ) from e
+    if verify and hashlib.sha256(raw).hexdigest() != info.index_sha256:
+        raise CorruptShardError(
+            info.name, f"index {info.index}: sha256 mismatch against the manifest", info.documents
+        )
+    try:
+        index = np.load(io.BytesIO(raw), allow_pickle=False)
     except (OSError, ValueError) as e:
         raise CorruptShardError(
             info.name, f"index {info.index} unreadable ({e})", info.documents
         ) from e
-    if index.shape != (info.documents, len(INDEX_COLUMNS)):
+    if (
+        index.ndim != 2
+        or index.shape[0] != info.documents
+        or index.shape[1]
+        not in (
+            len(INDEX_COLUMNS),
+            len(INDEX_COLUMNS_V1),
+        )
+    ):
         raise CorruptShardError(info.name, f"index has shape {index.shape}", info.documents)
     return index
 
@@ -483,9 +558,12 @@ def check_shard(shard_dir: str | os.PathLike, info: ShardInfo, full: bool = Fals
 class ShardReader:
     """Random access to the documents of one shard through its index (``os.pread``)."""
 
+    check_crc = True  # False only to measure what the checks cost (bench/loader.py)
+
     def __init__(self, shard_dir: str | os.PathLike, info: ShardInfo, dtype: str):
         self.info, self.dtype = info, np.dtype(dtype)
         self.index = load_index(shard_dir, info)
+        self._records = self.index.shape[1] == len(INDEX_COLUMNS)  # format 2
         path = Path(shard_dir) / info.name
         try:
             self._fd = os.open(path, os.O_RDONLY)
@@ -499,7 +577,24 @@ class ShardReader:
         return self.index[:, 1]
 
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Document ``i``: (token ids as int64, word-start flags as bool). Verifies its crc32."""
+        """Document ``i``: (token ids as int64, word-start flags as bool), every byte read
+        checked against the index's crc32s (CorruptShardError naming the member if not)."""
+        if not self._records:
+            return self._read_v1(i)
+        row = self.index[i].tolist()
+        ids_off, n, ws_off, ws_bytes = row[:4]
+        start, end = row[5], row[8]
+        rec = os.pread(self._fd, end - start, start)  # the whole record: one read
+        if len(rec) != end - start:
+            raise CorruptShardError(self.info.name, f"document {i} truncated", 1)
+        if self.check_crc and zlib.crc32(rec) != row[9]:
+            raise CorruptShardError(self.info.name, _damage(i, rec, row), 1)
+        ids = np.frombuffer(rec, self.dtype, count=n, offset=ids_off - start).astype(np.int64)
+        packed = np.frombuffer(rec, np.uint8, count=ws_bytes, offset=ws_off - start)
+        return ids, np.unpackbits(packed, count=n).astype(bool)
+
+    def _read_v1(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Format 1: only the data bytes are read and checked (one crc32 over both)."""
         ids_off, n, ws_off, ws_bytes, crc = (int(v) for v in self.index[i])
         nbytes = n * self.dtype.itemsize
         ids_raw = os.pread(self._fd, nbytes, ids_off)
@@ -519,3 +614,21 @@ class ShardReader:
 
     def __del__(self):
         self.close()
+
+
+def _damage(i: int, rec: bytes, row: list[int]) -> str:
+    """Which member of document ``i``'s record ``rec`` (index row ``row``) is damaged, named
+    by its tar name: the sample key comes from an intact member's header (a damaged header
+    may have garbled its own name)."""
+    bounds = [b - row[5] for b in row[5:9]]
+    ok = [zlib.crc32(rec[bounds[k] : bounds[k + 1]]) == row[10 + k] for k in range(3)]
+    if all(ok):  # cannot happen with an index that passed its sha256 check
+        return f"document {i}: record (bytes {row[5]}-{row[8]}) fails its crc32"
+    bad = ok.index(False)
+    suffix = _MEMBERS[bad].decode()
+    name = f"*{suffix}"
+    if any(ok):
+        k = ok.index(True)
+        head = rec[bounds[k] : bounds[k] + 100].split(b"\x00", 1)[0]
+        name = head.decode("utf-8", "replace")[: -len(_MEMBERS[k])] + suffix
+    return f"document {i}: member {name!r} (bytes {row[5 + bad]}-{row[6 + bad]}) fails its crc32"

@@ -32,7 +32,7 @@ from data_pipeline.doc_reader import ShardPool
 from data_pipeline.masking import MaskingConfig
 from data_pipeline.ordering import ShardTable, fingerprint
 from data_pipeline.shards import Manifest, ShardFormatError
-from data_pipeline.stream_config import LoaderConfig, ShardCheckError, check_split
+from data_pipeline.stream_config import DataError, LoaderConfig, ShardCheckError, check_split
 from data_pipeline.stream_stats import StreamStats
 from data_pipeline.stream_worker import RankStream, StreamPlan, identity
 
@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 STATE_VERSION = 1
 _SPECIALS = ("cls", "sep", "pad", "unk", "mask")
 __all__ = [
+    "DataError",
     "LoaderConfig",
     "PretrainLoader",
     "ShardCheckError",
@@ -143,13 +144,27 @@ class PretrainLoader:
                     collate_fn=identity,
                     prefetch_factor=c.prefetch_factor,
                     pin_memory=c.pin_memory and torch.cuda.is_available(),
+                    # Its own generator: starting workers draws a seed from it, and drawing
+                    # from the global one would shift dropout after a resume (or with another
+                    # num_workers). Nothing in a worker uses torch's RNG (masks are hashed).
+                    generator=torch.Generator().manual_seed(c.seed),
                 )
             )
         else:
             source = iter(dataset)
         self._source = source
         try:
-            for batch in source:
+            while True:
+                try:
+                    batch = next(source)
+                except StopIteration:
+                    return
+                except RuntimeError as e:  # a worker killed (e.g. out of memory)
+                    if not str(e).startswith("DataLoader worker"):
+                        raise
+                    raise DataError(f"data: {str(e).splitlines()[0]}") from None
+                if "_error" in batch:  # raised while building it (in a worker or here)
+                    raise DataError(batch["_error"])
                 self._account(batch.pop("_info"))
                 yield batch
         finally:
@@ -157,7 +172,13 @@ class PretrainLoader:
                 self._shutdown()
 
     def _account(self, info: dict) -> None:
-        self._stats.add(info)
+        for problem in self._stats.add(info):
+            if self.cfg.on_corrupt == "error":
+                raise DataError(
+                    f"data: {problem} (re-run preprocess to repair the shards, or set "
+                    "data.on_corrupt=skip to train without what is damaged)"
+                )
+            log.warning("data: skipped %s (counted in the run's summary.json)", problem)
         epoch, b, a = info["epoch"], info["batch"], info["step"]
         if a + 1 < self.grad_accum:
             self._epoch, self._batch, self._step = epoch, b, a + 1

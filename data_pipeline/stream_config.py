@@ -5,13 +5,19 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from data_pipeline.cli import CommandError
 from data_pipeline.shards import Manifest, ShardFormatError, check_shard
 
 log = logging.getLogger("data_pipeline.stream")
 
 
-class ShardCheckError(ValueError):
+class ShardCheckError(CommandError, ValueError):
     """Start-up check failed for one or more shards (message names each and the samples lost)."""
+
+
+class DataError(CommandError):
+    """Data that cannot be trained on, found while streaming (one line: shard, document,
+    member and what to do); with ``on_corrupt="error"`` also damage found mid-run."""
 
 
 @dataclass
@@ -46,8 +52,10 @@ class LoaderConfig:
     verify: str = "size"
     """Start-up check: ``"size"`` (exists, size and index present) or ``"full"`` (also sha256)."""
     on_corrupt: str = "error"
-    """Start-up policy for bad shards: ``"error"`` (raise, naming them) or ``"skip"`` (treat them
-    as empty, count their samples as lost). Mid-run damage is always skipped and counted."""
+    """Bad data, found at start-up or as it is read (every record is checked against its
+    crc32s): ``"error"`` stops with one line naming the shard (and document and member), or
+    ``"skip"`` drops it (a bad shard is treated as empty, a bad document's tokens are left out
+    of its rows) and counts every sample lost in ``stats()`` and the run's summary.json."""
 
     def __post_init__(self):
         checks = {

@@ -28,8 +28,12 @@ class StreamStats:
             for name, reason in table.skipped.items()
         }
         self.lost_docs: dict[str, set[int]] = {}
+        self.damage: list[str] = []  # what was found, in order (the first MAX_LISTED)
 
-    def add(self, info: dict) -> None:
+    MAX_LISTED = 100
+
+    def add(self, info: dict) -> list[str]:
+        """Count one micro-batch; returns the problems it newly found (one line each)."""
         self.micro_batches += 1
         for key in (
             "rows",
@@ -41,29 +45,25 @@ class StreamStats:
             "tokens_read",
         ):
             setattr(self, key, getattr(self, key) + info[key])
-        for event in info["events"]:
-            self._event(event)
+        new = [m for m in map(self._event, info["events"]) if m is not None]
+        self.damage += new[: max(0, self.MAX_LISTED - len(self.damage))]
+        return new
 
-    def _event(self, event: tuple) -> None:
+    def _event(self, event: tuple) -> str | None:
         # Several workers may hit the same damage (a document shared by two rows, a shard
         # touched by every worker): report each shard / document once.
         if event[0] == "shard":
             _, name, reason, docs = event
-            if name not in self.skipped_shards:
-                self.skipped_shards[name] = {
-                    "reason": reason,
-                    "samples_lost": docs,
-                    "when": "mid-run",
-                }
-                self.log.warning(
-                    "data: shard %s unreadable mid-run: %s (%d samples lost)", name, reason, docs
-                )
-        else:
-            _, name, doc, reason = event
-            seen = self.lost_docs.setdefault(name, set())
-            if doc not in seen:
-                seen.add(doc)
-                self.log.warning("data: skipped document %d of %s: %s", doc, name, reason)
+            if name in self.skipped_shards:
+                return None
+            self.skipped_shards[name] = {"reason": reason, "samples_lost": docs, "when": "mid-run"}
+            return f"shard {name} unreadable mid-run: {reason} ({docs} samples)"
+        _, name, doc, reason = event
+        seen = self.lost_docs.setdefault(name, set())
+        if doc in seen:
+            return None
+        seen.add(doc)
+        return f"{name}: {reason}"
 
     def as_dict(self) -> dict:
         slots = self.rows * self.seq_len
@@ -83,6 +83,7 @@ class StreamStats:
             "tokens_read": self.tokens_read,
             "skipped_shards": dict(sorted(self.skipped_shards.items())),
             "lost_documents": lost_docs,
+            "damage": list(self.damage),
             "samples_lost": sum(s["samples_lost"] for s in self.skipped_shards.values())
             + sum(lost_docs.values()),
         }

@@ -25,10 +25,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from data_pipeline.cli import CommandError
 from data_pipeline.doc_reader import ShardPool
 from data_pipeline.masking import MaskingConfig, mask_batch, row_keys
 from data_pipeline.ordering import EpochOrder, ShardTable
 from data_pipeline.packing import DocLayout, FullLayout, Piece
+from data_pipeline.stream_config import DataError
 
 
 @dataclass
@@ -80,7 +82,7 @@ def schedule(plan: StreamPlan, layout_of):
             if plan.finite:
                 return
             if b == 0:
-                raise ValueError(
+                raise DataError(
                     f"{plan.shard_dir}: the split has no tokens to train on (all shards empty or skipped)"
                 )
             epoch, b = epoch + 1, 0
@@ -167,7 +169,7 @@ class BatchBuilder:
         row_ids = [k if rows[k - r0] is not None else -1 for k in range(r0, r0 + p.micro_batch)]
         ids, ws, seg, att, content = assemble(rows, self.pool, p.special_ids, p.seq_len)
         if int(ids.max()) >= len(self.is_special):
-            raise ValueError(
+            raise DataError(
                 f"{p.shard_dir}: token id {int(ids.max())} >= vocab_size {p.vocab_size} in the manifest"
             )
         maskable = att.astype(bool) & ~self.is_special[ids]
@@ -219,6 +221,10 @@ class RankStream(IterableDataset):
             for j, pos in enumerate(schedule(self.plan, builder.layout)):
                 if j % nw == wid:
                     yield builder.micro_batch(*pos)
+        except CommandError as e:
+            # Handed over as a batch: the rank's main process raises it as one line (a
+            # DataLoader would wrap it in a worker traceback).
+            yield {"_error": str(e)}
         finally:
             builder.close()
 

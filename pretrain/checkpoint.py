@@ -38,6 +38,7 @@ import torch
 
 from data_pipeline.cli import CommandError
 from data_pipeline.shards import atomic_write_text
+from pretrain.engine import agree
 from pretrain.models.common import load_torch_file
 from pretrain.universal import UNIVERSAL
 
@@ -286,6 +287,9 @@ class Checkpointer:
         (``rng_seed``, step, rank) instead — deterministic, but not the original run's.
         """
         eng = self.engine
+        same_world = point.world_size == eng.world_size
+        # Agreed (engine.agree): a problem with one rank's file stops every rank, one line.
+        state = agree(lambda: self._rank_state(point, same_world))
         try:
             if universal:
                 client = eng.load(point.tag_dir, UNIVERSAL)
@@ -298,23 +302,31 @@ class Checkpointer:
             raise RunDirError(
                 f"{point.tag_dir}: cannot load it into this model: {' '.join(lines[:2])[:300]}"
             ) from e
-        same_world = point.world_size == eng.world_size
-        own = _rank_file(point.tag_dir, eng.rank)
-        source = own if same_world and own.exists() else _rank_file(point.tag_dir, 0)
-        try:
-            state = load_torch_file(source)
-        except ValueError as e:  # unreadable, or more than tensors and containers
-            raise RunDirError(f"unreadable rank state: {e}") from e
-        # The loader's position is global (epoch, samples consumed): any rank's file works.
-        try:
-            loader.load_state_dict(state["loader"])
-        except ValueError as e:  # e.g. another global batch size or shard set
-            raise RunDirError(f"{point.tag_dir}: {e}") from e
+
+        def restore_position() -> None:  # global (epoch, samples consumed): any rank's file
+            try:
+                loader.load_state_dict(state["loader"])
+            except ValueError as e:  # e.g. another global batch size or shard set
+                raise RunDirError(f"{point.tag_dir}: {e}") from e
+
+        agree(restore_position)
         if same_world:
             set_rng_state(state["rng"])
         else:  # another rank layout: no saved stream fits; a fresh one per (seed, step, rank)
             seed_rng(np.random.SeedSequence([rng_seed, point.step, eng.rank]))
         return dict(client.get("trainer", {}))
+
+    def _rank_state(self, point: ResumePoint, same_world: bool) -> dict:
+        """This rank's RNG states and loader position (rank 0's at another world size)."""
+        own = _rank_file(point.tag_dir, self.engine.rank)
+        source = own if same_world and own.exists() else _rank_file(point.tag_dir, 0)
+        try:
+            state = load_torch_file(source)
+        except ValueError as e:  # unreadable, or more than tensors and containers
+            raise RunDirError(f"unreadable rank state: {e}") from e
+        if not isinstance(state, dict) or not {"rng", "loader"} <= set(state):
+            raise RunDirError(f"{source}: not a rank state (no rng/loader entries)")
+        return state
 
 
 # ----------------------------------------------------------------------------- inference

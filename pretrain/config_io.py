@@ -28,8 +28,10 @@ try:  # Python >= 3.11
 except ModuleNotFoundError:  # Python 3.10: the same parser as a package
     import tomli as tomllib
 
+from data_pipeline.cli import CommandError
 
-class ConfigError(ValueError):
+
+class ConfigError(CommandError, ValueError):
     """An invalid configuration: one line naming the key."""
 
 

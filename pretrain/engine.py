@@ -42,9 +42,12 @@ from pretrain.optim import SkippableStep, build_torch_optimizer, param_groups
 from pretrain.universal import UNIVERSAL
 
 __all__ = [
+    "AgreedError",
     "DistInfo",
     "Engine",
     "build_ds_config",
+    "agree",
+    "agreed_error",
     "init_distributed",
     "on_rank0",
     "resolve_dtype",
@@ -137,6 +140,65 @@ def on_rank0(fn, what: str):
     if box[1] is not None:
         raise CommandError(f"{what} failed on rank 0: {box[1]}")
     return box[0]
+
+
+class AgreedError(CommandError):
+    """A failure every rank raises together, after a collective that told them all: printed
+    once (by rank 0), and no rank is left waiting in a later collective."""
+
+
+class UnreadableCheckpointError(CommandError, ValueError):
+    """A checkpoint file that a weights-only read refuses (or cannot parse)."""
+
+
+def _multi() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _gather_messages(message: str | None) -> list[str | None]:
+    import torch.distributed as dist
+
+    if not _multi():
+        return [message]
+    got = [None] * dist.get_world_size()
+    dist.all_gather_object(got, message)  # handles the device of any backend (NCCL: CUDA)
+    return got
+
+
+def _error_from(got: list[str | None]) -> AgreedError:
+    """One error for every rank: the lowest failing rank's message, said to be that rank's
+    unless every rank failed the same way."""
+    failed = [(r, m) for r, m in enumerate(got) if m is not None]
+    if not failed:  # cannot happen when the caller's flag was right; be explicit anyway
+        return AgreedError("another rank failed without a message")
+    rank, text = failed[0]
+    if len(got) > 1 and (len(failed) < len(got) or len({m for _, m in failed}) > 1):
+        others = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        text = f"rank {rank}{others}: {text}"
+    return AgreedError(text)
+
+
+def agreed_error(message: str | None) -> AgreedError:
+    """Called by every rank once a collective told them that some rank failed (``message``:
+    this rank's one-line reason, or None): the error to raise, the same on every rank."""
+    return _error_from(_gather_messages(message))
+
+
+def agree(fn):
+    """``fn()`` on every rank (it must contain no collective); a ``CommandError`` on any rank
+    becomes the same ``AgreedError`` on every rank (one all-gather). Returns ``fn()``."""
+    try:
+        result, message = fn(), None
+    except CommandError as e:
+        if not _multi():
+            raise
+        result, message = None, str(e)
+    got = _gather_messages(message)
+    if any(m is not None for m in got):
+        raise _error_from(got)
+    return result
 
 
 def barrier() -> None:
@@ -345,8 +407,16 @@ class Engine:
 
     def load(self, load_dir: str | os.PathLike, tag: str) -> dict:
         """Restore model, optimizer, scheduler (and ZeRO partitions); returns the client state."""
-        # DeepSpeed's loader unpickles everything: the files must pass a weights-only read.
-        check_checkpoint_files(Path(load_dir) / tag, recursive=tag == UNIVERSAL)
+
+        # DeepSpeed's loader unpickles everything: the files must pass a weights-only read
+        # (agreed: a file only one rank reads would otherwise stop that rank alone).
+        def check() -> None:
+            try:
+                check_checkpoint_files(Path(load_dir) / tag, recursive=tag == UNIVERSAL)
+            except ValueError as e:
+                raise UnreadableCheckpointError(str(e)) from e
+
+        agree(check)
         path, client = self.ds.load_checkpoint(
             str(load_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )

@@ -16,6 +16,7 @@ that directory: a DeBERTa trained with the enhanced mask decoder (EMD) is decode
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import torch
@@ -37,7 +38,8 @@ def fill_mask(model: nn.Module, tokenizer, text: str, top_k: int = 5) -> list[li
     ids = torch.as_tensor(list(tokenizer.encode_for_model(text)), dtype=torch.long)[None]  # (1, T)
     positions = (ids[0] == tokenizer.mask_id).nonzero(as_tuple=True)[0]
     if positions.numel() == 0:
-        raise CommandError(f"no {MASK} (or {mask_token}) in the text")
+        also = "" if mask_token == MASK else f" (or {mask_token})"
+        raise CommandError(f"no {MASK}{also} in the text")
     was_training = model.training
     model.eval()
     try:
@@ -91,12 +93,36 @@ def add_arguments(parser) -> None:
         help="print a JSON list (one list of {token_id, token, score} per mask)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("text", help=f"text containing one or more {MASK}")
+    parser.add_argument(
+        "--file",
+        metavar="PATH",
+        help="also take texts from PATH, one per line (blank lines skipped; - for stdin)",
+    )
+    parser.add_argument(
+        "text", nargs="*", help=f"texts, each containing one or more {MASK} (quote each)"
+    )
+
+
+def _texts(args) -> list[tuple[str, str]]:
+    """(where, text) of every text to fill: the arguments, then the file's lines."""
+    out = [(f"text {i}", t) for i, t in enumerate(args.text, 1)]
+    if args.file:
+        try:
+            lines = (
+                sys.stdin.read() if args.file == "-" else Path(args.file).read_text("utf-8")
+            ).splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise CommandError(f"--file {args.file}: unreadable ({e})") from e
+        out += [(f"{args.file}:{n}", ln) for n, ln in enumerate(lines, 1) if ln.strip()]
+    if not out:
+        raise CommandError(f"no text given (pass texts with {MASK}, or --file PATH)")
+    return out
 
 
 def main(args) -> int:
     if args.top_k < 1:
         raise CommandError("--top-k must be >= 1")
+    texts = _texts(args)
     path = Path(args.model)
     if (path / "config.json").is_file() and not (path / "generator" / "config.json").is_file():
         _check_has_mlm_head(path)
@@ -111,12 +137,20 @@ def main(args) -> int:
         model = model.to(torch.device(args.device))
     except (RuntimeError, AssertionError) as e:
         raise CommandError(f"--device {args.device}: {e}") from e
-    results = fill_mask(model, tokenizer, args.text, args.top_k)
-    if args.json:
-        print(json.dumps(results, ensure_ascii=False))
-        return 0
-    for n, preds in enumerate(results, 1):
-        print(f"mask {n}:")
-        for p in preds:
-            print(f"  {p['score']:.4f}  {p['token']!r}  (id {p['token_id']})")
+    several = len(texts) > 1
+    for where, text in texts:
+        try:
+            results = fill_mask(model, tokenizer, text, args.top_k)
+        except CommandError as e:
+            raise CommandError(f"{where}: {e}" if several else str(e)) from None
+        if args.json:  # one text: its list of masks; several: one JSON object per line
+            rec = {"text": text, "masks": results} if several else results
+            print(json.dumps(rec, ensure_ascii=False), flush=True)
+            continue
+        if several:
+            print(f"{where}: {text}")
+        for n, preds in enumerate(results, 1):
+            print(f"mask {n}:")
+            for p in preds:
+                print(f"  {p['score']:.4f}  {p['token']!r}  (id {p['token_id']})")
     return 0

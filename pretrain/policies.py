@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from data_pipeline.cli import CommandError
 from data_pipeline.shards import atomic_write_text
-from pretrain.engine import on_rank0
+from pretrain.engine import AgreedError, on_rank0
 from pretrain.metrics import mfu, peak_memory_bytes
 
 
-class NonFiniteLossError(CommandError):
-    """Too many consecutive non-finite steps: the run stops (one-line message)."""
+class NonFiniteLossError(AgreedError):
+    """Too many consecutive non-finite steps: every rank stops at the same step (the
+    non-finite flag is agreed), rank 0 says why in one line."""
 
 
 @dataclasses.dataclass
@@ -143,8 +143,12 @@ class LoopPolicies:
         self.timer.reset()  # evaluation time is not step time
         if self.dist.rank == 0:
             acc = f" | eval_mlm_acc {rec['eval_mlm_acc']:.3f}"
+            # Validation attends as training does; say which, so numbers are not compared
+            # across modes by mistake.
+            mode = "within documents" if self.cfg.data.attend_within_document else "across rows"
             print(
-                f"step {step}/{self.cfg.max_steps} | eval_loss {rec['eval_loss']:.4f}{acc}",
+                f"step {step}/{self.cfg.max_steps} | eval_loss {rec['eval_loss']:.4f}{acc} "
+                f"(attention {mode}, as trained)",
                 flush=True,
             )
 

@@ -40,7 +40,7 @@ from pretrain.metrics import (
     model_flops_per_token,
     peak_flops_per_second,
 )
-from pretrain.models import arch_module
+from pretrain.models import arch_module, tokenizer_family_note
 from pretrain.objectives import Objective
 from pretrain.optim import lr_multiplier
 from pretrain.perf import apply_perf
@@ -99,23 +99,26 @@ def build_model(cfg: RunConfig, tokenizer_info: dict):
     return model
 
 
-def prepare_run_dir(cfg: RunConfig, resume: str, overwrite: bool, rank: int) -> ResumePoint | None:
+def resume_point(cfg: RunConfig, resume: str, overwrite: bool) -> tuple[ResumePoint | None, bool]:
+    """What to resume from, and whether RUN_DIR must be cleared first (``--resume never
+    --overwrite`` on a run with checkpoints); reads only."""
     run = Path(cfg.run_dir)
     point = find_resume(run, resume)
     has_ckpt = any((run / CHECKPOINTS).glob("step_*")) if (run / CHECKPOINTS).is_dir() else False
-    if point is None and has_ckpt and resume == "never":
-        if not overwrite:
-            raise CommandError(
-                f"{run}: has checkpoints; --resume never refuses to mix runs "
-                "(use another run_dir, or --overwrite to delete them)"
-            )
-        if rank == 0:
-            for name in (CHECKPOINTS, "tensorboard", "hf", audit.AUDIT_DIR):
-                shutil.rmtree(run / name, ignore_errors=True)
-            for p in [*run.glob("metrics.jsonl*"), run / "summary.json"]:
-                p.unlink(missing_ok=True)
-        eng.barrier()
-    return point
+    clear = point is None and has_ckpt and resume == "never"
+    if clear and not overwrite:
+        raise CommandError(
+            f"{run}: has checkpoints; --resume never refuses to mix runs "
+            "(use another run_dir, or --overwrite to delete them)"
+        )
+    return point, clear
+
+
+def clear_run_dir(run: Path) -> None:
+    for name in (CHECKPOINTS, "tensorboard", "hf", audit.AUDIT_DIR):
+        shutil.rmtree(run / name, ignore_errors=True)
+    for p in [*run.glob("metrics.jsonl*"), run / "summary.json"]:
+        p.unlink(missing_ok=True)
 
 
 class Session(LoopPolicies):
@@ -124,31 +127,20 @@ class Session(LoopPolicies):
         self.dist = d = eng.init_distributed(
             cfg.distributed.timeout_minutes, cfg.distributed.rank0_timeout_minutes
         )
-        cfg.batch.grad_accum(d.world_size)  # first: a clear error, with valid alternatives
-        point = prepare_run_dir(cfg, resume, overwrite, d.rank)
-        manifest = Manifest.load(cfg.data.shard_dir)
-        seed_all(cfg.seed)  # identical initial weights on every rank
-        model = build_model(cfg, manifest.tokenizer)
+        # Everything that can fail on bad input, before any collective: the same one-line
+        # error on every rank (printed once) instead of ranks failing one by one.
+        point, model = eng.agree(lambda: self._build(resume, overwrite))
+        if point is None and self._clear:
+            if d.rank == 0:
+                clear_run_dir(Path(cfg.run_dir))
+            eng.barrier()
         self.perf = apply_perf(model, cfg.perf, cfg.masking, cfg.data.seq_len)
         self.rtd = is_rtd(model.config)
+        note = tokenizer_family_note(cfg.model.arch, self.loader.manifest.tokenizer)
+        if note and d.rank == 0:
+            print(note, flush=True)
         self.model_json = model_json(cfg.model.arch, model.config)
         G, M = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
-        self.loader = PretrainLoader(cfg.data, cfg.masking, G, M, d.rank, d.world_size)
-        self.val = None
-        ev = cfg.eval
-        if (ev.every_steps or ev.at_end or ev.at_start) and manifest.split("valid"):
-            per_batch = cfg.eval_micro_batch_size * d.world_size
-            n = cfg.eval.max_sequences
-            self.val = validation_loader(
-                cfg.data,
-                cfg.masking,
-                cfg.eval_micro_batch_size,
-                d.rank,
-                d.world_size,
-                None if n is None else -(-n // per_batch),
-            )
-        if point is not None:
-            check_zero_stage(point, cfg.zero.stage)
         universal = self._universal(point)
         lr_fn = lr_multiplier(
             cfg.schedule.kind,
@@ -224,6 +216,33 @@ class Session(LoopPolicies):
         self._peak = cfg.logging.peak_flops or peak_flops_per_second(
             d.device, eng.torch_dtype(e.dtype)
         )
+
+    def _build(self, resume: str, overwrite: bool):
+        """Check the config, find the resume point, build the model and the loaders."""
+        cfg, d = self.cfg, self.dist
+        cfg.batch.grad_accum(d.world_size)  # first: a clear error, with valid alternatives
+        point, self._clear = resume_point(cfg, resume, overwrite)
+        manifest = Manifest.load(cfg.data.shard_dir)
+        seed_all(cfg.seed)  # identical initial weights on every rank
+        model = build_model(cfg, manifest.tokenizer)
+        G, M = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
+        self.loader = PretrainLoader(cfg.data, cfg.masking, G, M, d.rank, d.world_size)
+        self.val = None
+        ev = cfg.eval
+        if (ev.every_steps or ev.at_end or ev.at_start) and manifest.split("valid"):
+            per_batch = cfg.eval_micro_batch_size * d.world_size
+            n = cfg.eval.max_sequences
+            self.val = validation_loader(
+                cfg.data,
+                cfg.masking,
+                cfg.eval_micro_batch_size,
+                d.rank,
+                d.world_size,
+                None if n is None else -(-n // per_batch),
+            )
+        if point is not None:
+            check_zero_stage(point, cfg.zero.stage)
+        return point, model
 
     def _universal(self, point: ResumePoint | None) -> bool:
         """Whether to load ``point`` as a universal checkpoint (partitioned optimizer state

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 from data_pipeline.cli import CommandError
@@ -61,7 +62,7 @@ def dry_run(cfg: RunConfig, world_size: int | None) -> int:
 
     from data_pipeline.shards import Manifest, ShardFormatError
     from pretrain.ds_config import build_ds_config, resolve_dtype
-    from pretrain.models import arch_module
+    from pretrain.models import arch_module, tokenizer_family_note
     from pretrain.session import build_model
 
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
@@ -90,6 +91,8 @@ def dry_run(cfg: RunConfig, world_size: int | None) -> int:
     print(f"tokens per step = {cfg.batch.global_batch_size * cfg.data.seq_len:,}")
     print(f"precision = {dtype}")
     print(f"parameters = {counts}  ({vocab_note})")
+    if note := tokenizer_family_note(cfg.model.arch, tok):
+        print(note)
     print("deepspeed config = " + json.dumps(ds, indent=1, sort_keys=True))
     return 0
 
@@ -106,13 +109,26 @@ def main(args) -> int:
     if args.resume not in ("auto", "never") and not Path(args.resume).exists():
         raise CommandError(f"--resume {args.resume}: no such checkpoint or run directory")
 
+    import torch.distributed as dist
+
     from pretrain import engine
     from pretrain.trainer import train
 
     try:
         session = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except ConfigError as e:
-        raise CommandError(str(e)) from e
+    except engine.AgreedError as e:
+        # Every rank raised it together: rank 0 says it once; the barrier keeps the others
+        # (whose exit makes a launcher stop the job) until it has.
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+        engine.shutdown()
+        return 2
+    except dist.DistError as e:  # a peer died or hung: its own error (if any) says why
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CommandError(
+            f"rank {dist.get_rank()}: lost contact with another rank (it stopped or the "
+            f"network failed): {first}"
+        ) from None
     # Only after success: a barrier while another rank is failing would wait forever.
     engine.shutdown()
     if session.dist.rank == 0:

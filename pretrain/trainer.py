@@ -1,8 +1,10 @@
 """The training loop (one screen) and the step function.
 
 ``train(cfg)`` orders step -> log -> eval -> checkpoint; ``train_step`` does one optimizer
-step: global token counts first (one all-reduce), then forward/backward over this rank's
-A micro-batches, then an agreed non-finite check and the DeepSpeed step. Setup lives in
+step: global token counts first (one all-reduce, which also tells every rank whether some
+rank could not get its batches: then all stop together with that rank's one-line reason),
+then forward/backward over this rank's A micro-batches, then an agreed non-finite check and
+the DeepSpeed step. Setup lives in
 ``pretrain.session``; logging, evaluation, checkpoint and non-finite policies in
 ``pretrain.policies``.
 """
@@ -14,6 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
+from data_pipeline.cli import CommandError
+from pretrain.engine import agreed_error
 from pretrain.objectives import eval_metrics, local_counts, raw_sums
 from pretrain.session import Session, StopSignal
 
@@ -28,10 +32,20 @@ class StepResult:
 
 
 def train_step(
-    engine, objective, batches: Sequence[dict], segments: bool, poison: bool = False
+    engine,
+    objective,
+    batches: Sequence[dict],
+    segments: bool,
+    poison: bool = False,
+    failure: str | None = None,
 ) -> StepResult:
-    """One optimizer step over this rank's micro-batches of the global batch."""
-    counts = engine.all_reduce(local_counts(batches))  # global (N_mlm, N_tokens)
+    """One optimizer step over this rank's micro-batches of the global batch (``failure``:
+    why this rank has none; every rank then raises the same ``AgreedError``)."""
+    failed = torch.tensor([float(failure is not None)], dtype=torch.float64)
+    counts = engine.all_reduce(torch.cat([local_counts(batches), failed]))  # N_mlm, N_tok, fails
+    if counts[2]:
+        raise agreed_error(failure)
+    counts = counts[:2]
     objective.set_step(counts, engine.grad_accum, engine.world_size)
     finite = torch.ones((), dtype=torch.bool, device=engine.device)
     lr = engine.lr
@@ -49,24 +63,36 @@ def train_step(
 
 @torch.no_grad()
 def evaluate(s: Session) -> dict[str, float]:
-    """Validation loss/accuracy with fixed masks, exact over all ranks."""
+    """Validation loss/accuracy with fixed masks, exact over all ranks, attending as training
+    does (``data.attend_within_document``)."""
     e = s.engine
     devices = [e.device.index or 0] if e.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # RTD sampling must not shift training RNG
         torch.manual_seed(s.cfg.seed)
         e.train(False)
         sums = torch.zeros(6, dtype=torch.float64, device=e.device)
-        for mb in s.val:
-            sums += raw_sums(e.forward(mb, s.cfg.data.attend_within_document), s.rtd)
+        it = iter(s.val)
+        for _ in range(len(s.val)):  # the same count on every rank
+            batches, failure = _take(it, 1)
+            # Agreed per micro-batch: a ZeRO-3 forward has collectives of its own.
+            if e.all_reduce(torch.tensor([float(failure is not None)]), op="max").item():
+                raise agreed_error(failure)
+            sums += raw_sums(e.forward(batches[0], s.cfg.data.attend_within_document), s.rtd)
         e.train(True)
     return eval_metrics(e.all_reduce(sums), s.rtd, s.objective.rtd_weight)
 
 
-def _take(it: Iterator, n: int, s: Session) -> list[dict]:
-    s.timer.data_start()
-    batches = [next(it) for _ in range(n)]
-    s.timer.data_end()
-    return batches
+def _take(it: Iterator, n: int, timer=None) -> tuple[list[dict], str | None]:
+    """``n`` micro-batches and None, or ([], the one-line reason) if the data failed."""
+    if timer is not None:
+        timer.data_start()
+    try:
+        batches, failure = [next(it) for _ in range(n)], None
+    except CommandError as err:  # damaged data, a dead loader worker: agreed in the step
+        batches, failure = [], str(err)
+    if timer is not None:
+        timer.data_end()
+    return batches, failure
 
 
 def train(cfg, resume: str = "auto", overwrite: bool = False) -> Session:
@@ -83,9 +109,9 @@ def train(cfg, resume: str = "auto", overwrite: bool = False) -> Session:
             it = iter(s.loader)
             while step < cfg.max_steps:
                 step += 1
-                batches = _take(it, e.grad_accum, s)
+                batches, failure = _take(it, e.grad_accum, s.timer)
+                result = train_step(e, s.objective, batches, segments, s.poisoned(step), failure)
                 s.audit.record(step, batches)  # logging.audit_samples: the rows of this step
-                result = train_step(e, s.objective, batches, segments, s.poisoned(step))
                 s.account(step, result)
                 if s.log_due(step):
                     s.log(step, result)

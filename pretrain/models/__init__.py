@@ -49,6 +49,24 @@ ARCHITECTURES = {
 }
 
 
+# The special-token family of each architecture's published tokenizers (README, section 1):
+# RoBERTa <s> <pad> </s> <unk> <mask>; ELECTRA and DeBERTa [CLS] [SEP] [PAD] [UNK] [MASK].
+TOKENIZER_FAMILY = {"roberta": "roberta", "electra": "bert", "deberta": "bert"}
+
+
+def tokenizer_family_note(arch: str, tokenizer_info: dict) -> str | None:
+    """A warning when the shards' tokenizer is of another family than ``arch``'s papers use
+    (it trains, but exports and fill-mask then speak another token convention)."""
+    want, got = TOKENIZER_FAMILY.get(arch), tokenizer_info.get("family")
+    if want is None or got is None or got == want:
+        return None
+    return (
+        f"warning: {arch} is usually trained with a {want}-family tokenizer; the shards' "
+        f"tokenizer is of the {got} family (train one with `train-tokenizer --family {want}` "
+        "to match the published models)"
+    )
+
+
 def arch_module(arch: str) -> ModuleType:
     """The module implementing ``arch`` (one of ``ARCHITECTURES``)."""
     if arch not in ARCHITECTURES:

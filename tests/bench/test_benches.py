@@ -82,7 +82,12 @@ def test_model_step_and_loader_tables(quick_results):
     for r in step[1:]:
         assert float(r[2]) > 0 and float(r[3]) > 0  # ours ms, HF ms
     (loader,) = tables(quick_results["loader"])
-    assert len(loader) == 6 and all(r[3].endswith(" M") for r in loader[1:])
+    assert len(loader) == 7 and all(r[3].endswith(" M") for r in loader[1:])
+    assert loader[4][0] == "ours: the first row with reads unchecked"
+    assert any(
+        ln.startswith("Checking every byte read against its crc32 costs")
+        for ln in quick_results["loader"]
+    )
     assert len(tables(quick_results["preprocess"])) == 2
 
 

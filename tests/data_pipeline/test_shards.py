@@ -5,6 +5,7 @@ import io
 import json
 import os
 import tarfile
+import zlib
 
 import numpy as np
 import pytest
@@ -123,6 +124,39 @@ def test_plain_webdataset_and_index_read_back(tmp_path):
     reader.close()
 
 
+@pytest.mark.parametrize("batched", [False, True])
+def test_index_member_extents_and_crc32s_match_tarfile(tmp_path, batched):
+    """Every byte of a document's three members (headers and padding included) is covered
+    by the index's extents and crc32s; a 1.2 MB member takes the unjoined write path."""
+    docs = make_docs("uint16", seed=3)
+    w = ShardWriter(tmp_path, "s.tar", "uint16")
+    if batched:
+        flat = PackedDocs(
+            np.concatenate([d[2] for d in docs]),
+            np.concatenate([d[3] for d in docs]),
+            np.cumsum([0] + [len(d[2]) for d in docs]),
+            "uint16",
+        )
+        w.add_batch(flat, range(len(docs)), [d[0] for d in docs], [d[1] for d in docs])
+    else:
+        for d in docs:
+            w.add(*d)
+    info = w.close("train")
+    index = np.load(tmp_path / info.index)
+    raw = (tmp_path / "s.tar").read_bytes()
+    with tarfile.open(tmp_path / "s.tar") as tar:
+        members = tar.getmembers()
+    assert len(members) == 3 * len(docs)
+    for i in range(len(docs)):
+        bounds, crcs = index[i, 5:9].tolist(), index[i, 10:13].tolist()
+        assert zlib.crc32(raw[bounds[0] : bounds[3]]) == index[i, 9]  # the whole record
+        for k, m in enumerate(members[3 * i : 3 * i + 3]):
+            end = m.offset_data + -(-m.size // 512) * 512  # header .. padded data
+            assert (bounds[k], bounds[k + 1]) == (m.offset, end)
+            assert zlib.crc32(raw[m.offset : end]) == crcs[k]
+    assert index[-1, 8] + 1024 <= len(raw)  # only the end-of-archive blocks lie outside
+
+
 def test_flipped_byte_truncation_and_missing_are_detected(tmp_path):
     w = ShardWriter(tmp_path, "s.tar", "uint16")
     for d in make_docs("uint16", seed=2)[:6]:
@@ -134,7 +168,7 @@ def test_flipped_byte_truncation_and_missing_are_detected(tmp_path):
     raw[offset] ^= 0xFF
     (tmp_path / "s.tar").write_bytes(bytes(raw))
     assert "sha256" in check_shard(tmp_path, info, full=True)
-    with pytest.raises(CorruptShardError, match="document 5 fails its crc32"):
+    with pytest.raises(CorruptShardError, match="document 5: member 'k0005.input_ids.npy'"):
         ShardReader(tmp_path, info, "uint16").read(5)
     (tmp_path / "s.tar").write_bytes(bytes(raw[: len(raw) // 2]))
     assert "truncated" in check_shard(tmp_path, info)

@@ -1,4 +1,6 @@
-"""Damaged shards: named at start-up, or skipped and counted mid-run; never a hang."""
+"""Damaged shards: named at start-up; found as they are read (every byte of a record is
+checked against the index's member crc32s) and then an error naming shard, document and
+member, or (``on_corrupt="skip"``) skipped and counted; never a hang."""
 
 from __future__ import annotations
 
@@ -10,8 +12,8 @@ import pytest
 import torch
 
 from data_pipeline.masking import MaskingConfig
-from data_pipeline.shards import Manifest, load_index
-from data_pipeline.stream import LoaderConfig, PretrainLoader, ShardCheckError
+from data_pipeline.shards import INDEX_COLUMNS_V1, Manifest, load_index, sha256_file
+from data_pipeline.stream import DataError, LoaderConfig, PretrainLoader, ShardCheckError
 from data_pipeline.synthetic import write_synthetic_shards
 
 COUNTS = [12, 7, 15, 9]
@@ -38,16 +40,20 @@ def whole_epoch(loader):
     return batches, loader.stats()
 
 
+def flip_bytes(path, offset, count=1):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        raw = f.read(count)
+        f.seek(offset)
+        f.write(bytes(b ^ 0xFF for b in raw))
+
+
 def flip_document(shard_dir, shard_no, doc):
     """Overwrite the first token of one document in place (same size, wrong crc / sha256)."""
     info = Manifest.load(shard_dir).split("train")[shard_no]
     offset, n = (int(v) for v in load_index(shard_dir, info)[doc, :2])
     assert n > 0
-    with open(shard_dir / info.name, "r+b") as f:
-        f.seek(offset)
-        first = f.read(1)
-        f.seek(offset)
-        f.write(bytes([first[0] ^ 0xFF]))
+    flip_bytes(shard_dir / info.name, offset)
     return info, n
 
 
@@ -80,15 +86,84 @@ def test_skip_policy_counts_lost_samples_and_keeps_going(shard_dir, caplog):
     assert sorted(ids[ids >= 0].tolist()) == list(range(int((ids >= 0).sum())))
 
 
+@pytest.mark.parametrize("workers", [0, 2])
+def test_damage_found_while_reading_is_one_error_naming_shard_document_and_member(
+    shard_dir, workers
+):
+    info, _ = flip_document(shard_dir, 2, 4)
+    loader = make(shard_dir, workers=workers)  # the cheap start-up check cannot see it
+    with pytest.raises(DataError) as err:
+        whole_epoch(loader)
+    msg = str(err.value)
+    assert "\n" not in msg and f"{info.name}: document 4: member " in msg
+    assert ".input_ids.npy' (bytes " in msg and "fails its crc32" in msg
+    assert "data.on_corrupt=skip" in msg
+
+
+def test_every_byte_of_a_record_is_covered_headers_and_padding_included(shard_dir):
+    """The issue's case: 64 bytes flipped in the middle of a shard, where a tar header is."""
+    info = Manifest.load(shard_dir).split("train")[2]
+    index = load_index(shard_dir, info)
+    bounds = index[:, 5:9]  # record start, ids end, word-start end, record end
+    assert bounds[0, 0] == 0 and (bounds[1:, 0] == bounds[:-1, 3]).all()  # contiguous
+    for member, suffix in enumerate([".input_ids.npy", ".word_start.npy", ".meta.json"]):
+        doc = 3 + member
+        for offset in (0, 200):  # the header's name field, and its size/checksum fields
+            fresh = shard_dir / "fresh"
+            if fresh.exists():
+                for p in fresh.iterdir():
+                    p.unlink()
+            else:
+                fresh.mkdir()
+            for p in shard_dir.iterdir():
+                if p.is_file():
+                    (fresh / p.name).write_bytes(p.read_bytes())
+            flip_bytes(fresh / info.name, int(bounds[doc, member]) + offset, 64)
+            with pytest.raises(DataError, match=f"document {doc}: member '.*{suffix}'"):
+                whole_epoch(make(fresh))
+    # The padding after the meta member of the last document.
+    last = len(index) - 1
+    flip_bytes(shard_dir / info.name, int(bounds[last, 3]) - 1)
+    with pytest.raises(DataError, match=f"document {last}: member '.*meta.json'"):
+        whole_epoch(make(shard_dir))
+
+
+def test_a_damaged_index_is_found_when_a_reader_opens_it(shard_dir):
+    info = Manifest.load(shard_dir).split("train")[1]
+    flip_bytes(shard_dir / info.index, (shard_dir / info.index).stat().st_size - 3)
+    with pytest.raises(DataError, match=f"{info.name} unreadable mid-run: index .* sha256"):
+        whole_epoch(make(shard_dir))
+    _, stats = whole_epoch(make(shard_dir, on_corrupt="skip"))
+    assert stats["skipped_shards"][info.name]["samples_lost"] == COUNTS[1]
+
+
+def test_format_1_shards_are_still_read(shard_dir):
+    """An index without member extents (format 1): the data bytes are still checked."""
+    clean, _ = whole_epoch(make(shard_dir))
+    man = Manifest.load(shard_dir)
+    for info in man.shards:
+        path = shard_dir / info.index
+        np.save(path, load_index(shard_dir, info)[:, : len(INDEX_COLUMNS_V1)])
+        info.index_sha256 = sha256_file(path)
+    man.version = 1
+    man.save(shard_dir)
+    old, _ = whole_epoch(make(shard_dir))
+    assert all(torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(clean, old, strict=True))
+    flip_document(shard_dir, 2, 4)
+    with pytest.raises(DataError, match="document 4 fails its crc32"):
+        whole_epoch(make(shard_dir))
+
+
 def test_flipped_bytes_skipped_mid_run_and_counted(shard_dir, caplog):
     clean, clean_stats = whole_epoch(make(shard_dir))
     info, n = flip_document(shard_dir, 2, 4)
     with pytest.raises(ShardCheckError, match="sha256 mismatch"):
         make(shard_dir, verify="full")
     with caplog.at_level(logging.WARNING, logger="data_pipeline.stream"):
-        damaged, stats = whole_epoch(make(shard_dir, workers=2))  # found by a worker
-    assert f"skipped document 4 of {info.name}: document 4 fails its crc32" in caplog.text
+        damaged, stats = whole_epoch(make(shard_dir, workers=2, on_corrupt="skip"))  # a worker
+    assert f"skipped {info.name}: document 4: member " in caplog.text
     assert stats["lost_documents"] == {info.name: 1} and stats["samples_lost"] == 1
+    assert len(stats["damage"]) == 1 and "input_ids.npy" in stats["damage"][0]
     assert stats["content_tokens"] == clean_stats["content_tokens"] - n
     assert len(damaged) == len(clean)  # the layout of the epoch is unchanged
     changed = 0
@@ -104,7 +179,7 @@ def test_flipped_bytes_skipped_mid_run_and_counted(shard_dir, caplog):
 
 
 def test_shard_vanishing_mid_run_is_counted(shard_dir, caplog):
-    loader = make(shard_dir)  # start-up check passes
+    loader = make(shard_dir, on_corrupt="skip")  # start-up check passes
     info = Manifest.load(shard_dir).split("train")[0]
     os.remove(shard_dir / info.name)
     with caplog.at_level(logging.WARNING, logger="data_pipeline.stream"):
@@ -126,13 +201,17 @@ def test_index_disagreeing_with_manifest_is_a_lost_shard(shard_dir):
     index = np.load(shard_dir / info.index)
     index[0, 1] += 3  # lengths no longer add up to the manifest's token count
     np.save(shard_dir / info.index, index)
-    _, stats = whole_epoch(make(shard_dir, packing="doc"))
+    info.index_sha256 = sha256_file(shard_dir / info.index)  # as if the index were rewritten
+    man = Manifest.load(shard_dir)
+    man.shards = [info if s.name == info.name else s for s in man.shards]
+    man.save(shard_dir)
+    _, stats = whole_epoch(make(shard_dir, packing="doc", on_corrupt="skip"))
     assert "manifest" in stats["skipped_shards"][info.name]["reason"]
     assert stats["samples_lost"] == 7
 
 
 def test_shard_truncated_mid_run_loses_only_the_cut_documents(shard_dir):
-    loader = make(shard_dir)
+    loader = make(shard_dir, on_corrupt="skip")
     info = Manifest.load(shard_dir).split("train")[2]
     index = load_index(shard_dir, info)
     cut = int(index[8, 0])  # documents 8.. now end past the end of the file
@@ -171,7 +250,7 @@ def test_a_flipped_byte_in_an_index_is_named_by_the_full_check(shard_dir):
     raw = bytearray(path.read_bytes())
     raw[-1] ^= 0x01  # the last crc32 entry: np.load still reads it
     path.write_bytes(bytes(raw))
-    make(shard_dir)  # the cheap default check sees the right size: passes
+    make(shard_dir)  # the cheap start-up check sees the right size (reading will not)
     with pytest.raises(ShardCheckError) as err:
         make(shard_dir, verify="full")
     assert f"{info.name}: index {info.index}: sha256 mismatch" in str(err.value)

@@ -177,6 +177,15 @@ def test_saved_directory_loads_in_autotokenizer_with_same_ids(trained, kind, fam
             assert hf(t, add_special_tokens=False).input_ids == tok.encode(t).tolist(), t[:40]
             assert hf.decode(hf(t, add_special_tokens=False).input_ids) == t
         assert hf(t).input_ids == tok.encode_for_model(t).tolist(), t[:40]
+    # Corpus text never holds special tokens (a literal "<mask>" stays text, as `encode`
+    # and preprocessing read it): HF gives those ids only with split_special_tokens=True.
+    split = transformers.AutoTokenizer.from_pretrained(str(tok.dir), split_special_tokens=True)
+    for t in with_specials:
+        ids = tok.encode(t).tolist()
+        assert hf(t, add_special_tokens=False).input_ids != ids, t
+        assert split(t, add_special_tokens=False).input_ids == ids, t
+        assert hf(t, add_special_tokens=False, split_special_tokens=True).input_ids == ids, t
+        assert split(t).input_ids == [tok.cls_id, *ids, tok.sep_id], t
 
 
 def _first_of_char(spans: list[tuple[int, int]], k: int) -> bool:

@@ -1,5 +1,6 @@
 """Typed run config: TOML + dotted overrides, strict keys and types, batch-size arithmetic."""
 
+import numpy as np
 import pytest
 
 from pretrain.config import RunConfig, config_from_dict, load_config, to_toml
@@ -133,3 +134,21 @@ def test_the_train_command_reports_an_indivisible_world_size_before_any_work(cap
         dry_run(c, world_size=3)
     assert dry_run(c, world_size=64) == 0
     assert "gradient accumulation = 4  (8192 = 64 x 32 x 4)" in capsys.readouterr().out
+
+
+def test_a_tokenizer_of_another_family_than_the_architectures_is_warned_about(tmp_path, capsys):
+    from data_pipeline.synthetic import random_documents, tokenizer_info, write_shards
+    from pretrain.models import tokenizer_family_note
+    from pretrain.train_cli import dry_run
+
+    bert, roberta = ({**tokenizer_info(100), "family": f} for f in ("bert", "roberta"))
+    assert tokenizer_family_note("electra", bert) is None
+    assert tokenizer_family_note("roberta", roberta) is None
+    note = tokenizer_family_note("deberta", roberta)
+    assert note.startswith("warning: deberta is usually trained with a bert-family tokenizer")
+    assert "train-tokenizer --family bert" in note
+    docs = random_documents(np.random.default_rng(0), 20, 100)
+    write_shards(tmp_path, {"train": [docs]}, 100, tokenizer=roberta)
+    c = load_config(None, [f"data.shard_dir={tmp_path}", "run_dir=/tmp/run", "model.arch=electra"])
+    assert dry_run(c, world_size=1) == 0
+    assert "warning: electra is usually trained with a bert-family" in capsys.readouterr().out

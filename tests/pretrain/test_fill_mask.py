@@ -124,10 +124,36 @@ def test_function_and_plain_output(tmp_path, tokenizers, capsys):
     assert out[0] == "mask 1:" and len(out) == 3 and f"(id {preds[0][0]['token_id']})" in out[1]
 
 
+def test_several_texts_and_a_file_of_lines(tmp_path, tokenizers, capsys):
+    model_dir, tok, model = exported(tmp_path, tokenizers, "roberta")
+    texts = ["The <mask> statement.", "Return a new <mask> of the <mask>."]
+    lines = tmp_path / "texts.txt"
+    lines.write_text("Open the <mask>.\n\nA <mask> b\n")
+    argv = ["fill-mask", "--model", str(model_dir), "--top-k", "2", "--json"]
+    assert cli([*argv, *texts, "--file", str(lines)]) == 0
+    recs = [json.loads(ln) for ln in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in recs] == [*texts, "Open the <mask>.", "A <mask> b"]
+    assert [len(r["masks"]) for r in recs] == [1, 2, 1, 1]
+    for r in recs:  # each as the function gives it for that text alone
+        assert r["masks"] == fill_mask(model, tok, r["text"], top_k=2)
+    assert cli(["fill-mask", "--model", str(model_dir), *texts]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"text 1: {texts[0]}" and out[1] == "mask 1:"
+    assert f"text 2: {texts[1]}" in out and out.count("mask 2:") == 1
+    lines.write_text("fine <mask>\nno mask on line two\n")
+    assert cli(["fill-mask", "--model", str(model_dir), "--file", str(lines)]) == 2
+    assert capsys.readouterr().err.strip().endswith(f"{lines}:2: no <mask> in the text")
+    assert cli(["fill-mask", "--model", str(model_dir)]) == 2
+    assert "no text given" in capsys.readouterr().err
+
+
 def test_errors_are_one_line(tmp_path, tokenizers, capsys):
     model_dir, _, _ = exported(tmp_path, tokenizers, "electra")
     assert cli(["fill-mask", "--model", str(model_dir), "no mask here"]) == 2
-    assert "no <mask>" in capsys.readouterr().err
+    assert "error: no <mask> (or [MASK]) in the text" in capsys.readouterr().err
+    roberta_dir, _, _ = exported(tmp_path / "r", tokenizers, "roberta")
+    assert cli(["fill-mask", "--model", str(roberta_dir), "no mask here"]) == 2
+    assert capsys.readouterr().err.strip() == "error: no <mask> in the text"
     (model_dir / "generator" / "config.json").unlink()
     assert cli(["fill-mask", "--model", str(model_dir), "a <mask>"]) == 2
     assert "without generator" in capsys.readouterr().err
