@@ -65,6 +65,7 @@ from pretrain.testing import clean_env, free_port, losses, synthetic_shards
 
 CONFIG = REPO / "configs" / "debug-roberta.toml"
 CASES = ("kill", "save", "world", "damage", "pickle")
+EPOCH = 58  # steps of epoch 0 of the synthetic shards at seq 32, global batch 16
 TIMEOUT = 300.0  # any single job: longer than this is reported as a hang
 JOBS: list[Job] = []  # every job started: their process groups are killed on the way out
 
@@ -228,8 +229,8 @@ def compare(got: dict, want: dict, tol: float = 0.0) -> tuple[bool, str]:
     return ok, ("bit-identical" if worst == 0 else f"max rel. diff {worst:.1e} ({where})")
 
 
-def audit(run_dir: Path) -> dict:
-    """``python -m pretrain.audit RUN_DIR --json``: lost (missing) and repeated rows."""
+def audit_report(run_dir: Path) -> dict | None:
+    """``python -m pretrain.audit RUN_DIR --json`` (None if it printed no report)."""
     res = subprocess.run(
         [sys.executable, "-m", "pretrain.audit", str(run_dir), "--json"],
         capture_output=True,
@@ -238,17 +239,29 @@ def audit(run_dir: Path) -> dict:
         timeout=120,
     )
     try:
-        rep = json.loads(res.stdout)
+        return json.loads(res.stdout)
     except json.JSONDecodeError:
-        return {"ok": False, "lost": None, "repeated": None, "problems": [res.stderr.strip()]}
+        return None
+
+
+def audit(run_dir: Path) -> dict:
+    """Rows lost (missing) and repeated within the epochs, from the sample audit."""
+    rep = audit_report(run_dir)
+    if rep is None:
+        return {"ok": False, "lost": None, "repeated": None, "problems": ["no audit report"]}
     epochs = rep["epochs"].values()
     return {
         "ok": rep["ok"],
         "lost": sum(e["missing"] for e in epochs),
         "repeated": sum(e["repeated"] for e in epochs),
-        "misplaced": sum(e["misplaced"] for e in epochs),
         "problems": rep["problems"],
     }
+
+
+def audit_epochs(run_dir: Path) -> dict:
+    """{epoch: (steps, complete)} of a run's sample audit."""
+    rep = audit_report(run_dir) or {"epochs": {}}
+    return {int(k): (e["steps"], e["complete"]) for k, e in rep["epochs"].items()}
 
 
 def resumed_from(job: Job) -> int | None:
@@ -349,7 +362,7 @@ class Bench:
 
     # -- 1. kill -9 -----------------------------------------------------------------------
     def kill(self, trials: int) -> None:
-        first = self.every  # kills land after the first checkpoint
+        first = self.every + 1  # kills land after the first checkpoint is complete
         for workers in (0, 2):
             row = Row(f"kill -9 of the process group at a random step, {workers} workers")
             n_exact, lost, repeated, redone, gone = 0, 0, 0, [], []
@@ -369,10 +382,14 @@ class Bench:
                     ),
                 )
                 t0 = time.monotonic()
+                row.trials += 1  # a trial that fails in any way counts as not exact
                 job = start(cmd, d / "killed.txt")
                 if not wait_for_step(job, d / "run", target):
                     finish(job)
-                    self.problem(row.case, job, f"step {target} never logged before the kill")
+                    what = "timed out" if job.rc == "hang" else f"exited with status {job.rc}"
+                    self.problem(
+                        row.case, job, f"trial {t}: the run {what} before step {target} (no kill)"
+                    )
                     continue
                 time.sleep(jitter)
                 at = logged_step(d / "run")
@@ -383,7 +400,6 @@ class Bench:
                 if group_alive(job.proc.pid):
                     self.problem(row.case, job, "processes of the group survived SIGKILL")
                 again = run(cmd, d / "resumed.txt")
-                row.trials += 1
                 frm = resumed_from(again)
                 if again.rc != 0:
                     self.problem(row.case, again, "the resumed run failed")
@@ -401,7 +417,9 @@ class Bench:
                     self.problem(row.case, None, f"trial {t}: audit: {au['problems']}")
                 print(
                     f"[kill w{workers} {t + 1}/{trials}] ZeRO {stage}: killed after step {at} "
-                    f"(drawn {target} + {jitter:.2f} s), resumed from step {frm}; {detail}; "
+                    f"(drawn {target} + {jitter:.2f} s), "
+                    + (f"resumed from step {frm}" if frm is not None else "started afresh")
+                    + f"; {detail}; "
                     f"audit {au['lost']} lost, {au['repeated']} repeated "
                     f"({time.monotonic() - t0:.1f} s)",
                     flush=True,
@@ -479,10 +497,13 @@ class Bench:
         )
         ref = self.reference(1, 0, *nodrop)
         n_exact, lost, repeated, worst = 0, 0, 0, []
+        # (SIGTERM once this step is logged, steps on one rank): distinct for every trial
+        plans = [(a, b) for a in range(2, self.steps // 2) for b in (2, 3)]
+        self.rng.shuffle(plans)
         for t in range(trials):
             d = self.dir(f"world-{t}")
             args = self.train_args("zero.stage=1", *nodrop)
-            stop1 = self.rng.randint(2, self.steps // 2 - 1)
+            stop1, on_one = plans[t % len(plans)]
             t0 = time.monotonic()
             job = start(
                 deepspeed(self.shards, d / "run", *args, f"debug.step_delay_s={self.delay}"),
@@ -502,7 +523,10 @@ class Bench:
             if job.rc != 0 or "checkpoint saved" not in job.output():
                 self.problem(row.case, job, "SIGTERM to the ranks: no clean stop with a save")
                 continue
-            at2 = min(at1 + self.rng.randint(2, 3), self.steps - 2)
+            at2 = min(at1 + on_one, self.steps - 1)
+            if at2 <= at1:
+                self.problem(row.case, job, f"SIGTERM after step {stop1} stopped at {at1}: late")
+                continue
             one = run(one_rank(self.shards, d / "run", *args, f"max_steps={at2}"), d / "phase2.txt")
             two = run(deepspeed(self.shards, d / "run", *args), d / "phase3.txt")
             bad = next((j for j in (one, two) if j.rc != 0), None)
@@ -620,7 +644,7 @@ class Bench:
     def damage(self) -> None:
         from data_pipeline.shards import Manifest
 
-        long = 70  # more than an epoch (~58 steps): every document is read
+        long = EPOCH + 12  # more than an epoch: every document is read
         # Truncated shard: the start-up size check.
         d = self.dir("truncated")
         shards = self.copy_shards(d)
@@ -645,9 +669,19 @@ class Bench:
         d = self.dir("flipped-skip")
         shards = self.copy_shards(d)
         self.flip(shards)
-        args = self.damage_args(long, "data.num_workers=2", "data.on_corrupt=skip")
+        # One epoch exactly (58 steps of these shards): the document is read once, by one rank.
+        args = self.damage_args(
+            EPOCH, "data.num_workers=2", "data.on_corrupt=skip", "logging.audit_samples=true"
+        )
         job = run(deepspeed(shards, d / "run", *args), d / "log.txt")
         self.skipped("64 bytes flipped mid-shard, `data.on_corrupt=skip`", job, d / "run", 1)
+        if job.rc == 0:
+            epochs = audit_epochs(d / "run")
+            if epochs != {0: (EPOCH, True)}:
+                self.notes.append(
+                    f"flipped, skip: the {EPOCH} steps were not exactly epoch 0 ({epochs}): the "
+                    "damaged document may have been read in two epochs."
+                )
         # A truncated shard with data.on_corrupt=skip: dropped at start-up, its documents lost.
         d = self.dir("truncated-skip")
         shards = self.copy_shards(d)

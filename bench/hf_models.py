@@ -14,8 +14,9 @@ The wrappers do what a user of ``transformers`` writes, the straightforward way:
   the discriminator's embeddings and ties its output layer to them, as ours does.
 
 HF models know nothing of packed documents: ``segment_ids`` are ignored (attention spans
-the whole row). Accuracy counts are not computed (zeros): the benches time the training
-step, and the argmax over full-vocabulary logits would be extra work HF users do not do.
+the whole row). Accuracy, precision and recall counts are not computed (zeros): the benches
+time the training step, and the argmax over full-vocabulary logits would be extra work HF
+users do not do.
 """
 
 from __future__ import annotations
@@ -74,13 +75,17 @@ class HFElectraRTD(nn.Module):
         bce = F.binary_cross_entropy_with_logits(d_logits.float(), replaced, reduction="none")
         real = attention_mask.to(bce.dtype)
         count = predicted.sum()
+        zero = torch.zeros_like(count)
         return {
             "mlm_loss_sum": mlm,
-            "mlm_correct": torch.zeros_like(count),
+            "mlm_correct": zero,
             "mlm_count": count,
             "rtd_loss_sum": (bce * real).sum(),
-            "rtd_correct": torch.zeros_like(count),
+            "rtd_correct": zero,
             "rtd_count": attention_mask.sum(),
+            "replaced_count": zero,
+            "rtd_true_pos": zero,
+            "rtd_pred_pos": zero,
         }
 
 

@@ -33,7 +33,7 @@ from data_pipeline.masking import MaskingConfig
 from data_pipeline.ordering import ShardTable, fingerprint
 from data_pipeline.shards import Manifest, ShardFormatError
 from data_pipeline.stream_config import DataError, LoaderConfig, ShardCheckError, check_split
-from data_pipeline.stream_stats import StreamStats
+from data_pipeline.stream_stats import StreamStats, distinct_samples_lost
 from data_pipeline.stream_worker import RankStream, StreamPlan, identity
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ __all__ = [
     "PretrainLoader",
     "ShardCheckError",
     "ValidationLoader",
+    "distinct_samples_lost",
     "validation_loader",
 ]
 

@@ -83,7 +83,29 @@ class StreamStats:
             "tokens_read": self.tokens_read,
             "skipped_shards": dict(sorted(self.skipped_shards.items())),
             "lost_documents": lost_docs,
+            "lost_document_ids": {
+                name: sorted(docs)
+                for name, docs in sorted(self.lost_docs.items())
+                if name not in self.skipped_shards
+            },
             "damage": list(self.damage),
             "samples_lost": sum(s["samples_lost"] for s in self.skipped_shards.values())
             + sum(lost_docs.values()),
         }
+
+
+def distinct_samples_lost(stats: list[dict]) -> int:
+    """Samples lost by a whole job, from every rank's ``as_dict()``: each lost shard and each
+    lost document counted once, however many ranks (or epochs) met it."""
+    shards: dict[str, int] = {}
+    for st in stats:
+        for name, info in st.get("skipped_shards", {}).items():
+            shards[name] = info["samples_lost"]
+    docs = {
+        (name, doc)
+        for st in stats
+        for name, ids in st.get("lost_document_ids", {}).items()
+        if name not in shards
+        for doc in ids
+    }
+    return sum(shards.values()) + len(docs)

@@ -23,7 +23,19 @@ from collections.abc import Sequence
 import torch
 
 IGNORE_INDEX = -100
-SUM_KEYS = ("mlm_loss", "mlm_correct", "mlm_count", "rtd_loss", "rtd_correct", "rtd_count")
+SUM_KEYS = (
+    "mlm_loss",
+    "mlm_correct",
+    "mlm_count",
+    "rtd_loss",
+    "rtd_correct",
+    "rtd_count",
+    "rtd_replaced",  # real tokens the generator's sample changed (positives of RTD)
+    "rtd_true_pos",  # ... of which the discriminator flagged
+    "rtd_pred_pos",  # real tokens the discriminator flagged
+)
+# Model output of each RTD count in SUM_KEYS (after the loss sum).
+_RTD_COUNTS = ("rtd_correct", "rtd_count", "replaced_count", "rtd_true_pos", "rtd_pred_pos")
 
 
 def local_counts(batches: Sequence[dict]) -> torch.Tensor:
@@ -73,13 +85,10 @@ class Objective:
             out["mlm_count"],
         ]
         if self.rtd:
-            vals += [
-                out["rtd_loss_sum"].detach().double() * self._inv_rtd,
-                out["rtd_correct"],
-                out["rtd_count"],
-            ]
+            vals += [out["rtd_loss_sum"].detach().double() * self._inv_rtd]
+            vals += [out[k] for k in _RTD_COUNTS]
         else:
-            vals += [0.0, 0.0, 0.0]
+            vals += [0.0] * (1 + len(_RTD_COUNTS))
         device = out["mlm_loss_sum"].device
         vec = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in vals])
         self._sums = vec if self._sums is None else self._sums + vec
@@ -104,7 +113,7 @@ class Objective:
         }
         if self.rtd:
             m["rtd_loss"] = s["rtd_loss"] / steps
-            m["rtd_acc"] = s["rtd_correct"] / max(s["rtd_count"], 1.0)
+            m.update(_rtd_rates(s))
             m["loss"] = m["mlm_loss"] + self.rtd_weight * m["rtd_loss"]
         else:
             m["loss"] = m["mlm_loss"]
@@ -121,16 +130,26 @@ def eval_metrics(global_sums: torch.Tensor, rtd: bool, rtd_weight: float) -> dic
     loss = m["eval_mlm_loss"]
     if rtd:
         m["eval_rtd_loss"] = s["rtd_loss"] / max(s["rtd_count"], 1.0)
-        m["eval_rtd_acc"] = s["rtd_correct"] / max(s["rtd_count"], 1.0)
+        m.update({f"eval_{k}": v for k, v in _rtd_rates(s).items()})
         loss += rtd_weight * m["eval_rtd_loss"]
     return {"eval_loss": loss, **m}
+
+
+def _rtd_rates(s: dict[str, float]) -> dict[str, float]:
+    """Accuracy over real tokens, precision and recall on the replaced ones, and the replaced
+    share (1 - share is the accuracy of always answering "original": the majority class)."""
+    return {
+        "rtd_acc": s["rtd_correct"] / max(s["rtd_count"], 1.0),
+        "rtd_precision": s["rtd_true_pos"] / max(s["rtd_pred_pos"], 1.0),
+        "rtd_recall": s["rtd_true_pos"] / max(s["rtd_replaced"], 1.0),
+        "rtd_replaced": s["rtd_replaced"] / max(s["rtd_count"], 1.0),
+    }
 
 
 def raw_sums(out: dict[str, torch.Tensor], rtd: bool) -> torch.Tensor:
     """One micro-batch's unnormalised sums in ``SUM_KEYS`` order (for evaluation)."""
     keys = ["mlm_loss_sum", "mlm_correct", "mlm_count"]
-    keys += ["rtd_loss_sum", "rtd_correct", "rtd_count"] if rtd else []
-    vals = [out[k].detach().double() for k in keys] + [
-        out["mlm_loss_sum"].new_zeros(()).double()
-    ] * (0 if rtd else 3)
+    keys += ["rtd_loss_sum", *_RTD_COUNTS] if rtd else []
+    vals = [out[k].detach().double() for k in keys]
+    vals += [out["mlm_loss_sum"].new_zeros((), dtype=torch.float64)] * (len(SUM_KEYS) - len(keys))
     return torch.stack(vals)

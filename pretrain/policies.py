@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from data_pipeline.shards import atomic_write_text
+from data_pipeline.stream import distinct_samples_lost
 from pretrain.engine import AgreedError, on_rank0
 from pretrain.metrics import mfu, peak_memory_bytes
 
@@ -214,7 +215,7 @@ class LoopPolicies:
                 )
         data = self.engine.all_gather_object(self.loader.stats())
         if self.dist.rank == 0:
-            lost = sum(d.get("samples_lost", 0) for d in data)
+            lost = distinct_samples_lost(data)  # a shard every rank skipped counts once
             summary = {**dataclasses.asdict(self.state), "samples_lost": lost, "data": data}
             atomic_write_text(
                 Path(self.cfg.run_dir) / "summary.json", json.dumps(summary, indent=1) + "\n"

@@ -18,7 +18,7 @@ import torch
 
 from data_pipeline.cli import CommandError
 from pretrain.engine import agreed_error
-from pretrain.objectives import eval_metrics, local_counts, raw_sums
+from pretrain.objectives import SUM_KEYS, eval_metrics, local_counts, raw_sums
 from pretrain.session import Session, StopSignal
 
 
@@ -70,7 +70,7 @@ def evaluate(s: Session) -> dict[str, float]:
     with torch.random.fork_rng(devices=devices):  # RTD sampling must not shift training RNG
         torch.manual_seed(s.cfg.seed)
         e.train(False)
-        sums = torch.zeros(6, dtype=torch.float64, device=e.device)
+        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=e.device)
         it = iter(s.val)
         for _ in range(len(s.val)):  # the same count on every rank
             batches, failure = _take(it, 1)

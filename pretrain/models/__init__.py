@@ -22,7 +22,9 @@ Every architecture module (``roberta``, ``electra``, ``deberta``) defines:
           cross-entropy summed over positions with ``labels != -100`` (for RTD
           models: the generator's MLM);
         - RTD models also: ``rtd_loss_sum`` (BCE summed over ``attention_mask == 1``
-          positions), ``rtd_correct``, ``rtd_count``, ``replaced_count``.
+          positions), ``rtd_correct``, ``rtd_count``, ``replaced_count``, and for precision
+          and recall on replaced tokens ``rtd_pred_pos`` (flagged as replaced) and
+          ``rtd_true_pos`` (flagged and replaced).
     ``mlm_logits(input_ids, attention_mask, segment_ids=None) -> (B, L, V)``
         full-vocabulary logits (for fill-mask and parity tests; training never
         projects unmasked positions).

@@ -164,3 +164,81 @@ def test_hf_twin_is_the_same_network(arch, monkeypatch):
     )
     for k in keys:
         torch.testing.assert_close(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-4, msg=k)
+
+
+def _bench_module(name: str):
+    sys.path.insert(0, str(BENCH))  # the bench scripts import their siblings by name
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(BENCH))
+    return mod
+
+
+@pytest.mark.parametrize("arch", ["roberta", "deberta", "electra"])
+def test_quality_hf_side_is_the_same_network(arch, tmp_path, monkeypatch):
+    """The quality bench's HF side (MLM head on the predicted positions only, the ELECTRA pair
+    sharing embeddings) computes our sums, RTD counts included, given our weights."""
+    import transformers
+
+    from pretrain.models import arch_module, build_model, electra
+
+    q = _bench_module("quality_hf")
+    pick = torch.no_grad()(lambda logits: logits.float().argmax(-1))
+    monkeypatch.setattr(q, "sample_replacements", pick)
+    monkeypatch.setattr(electra, "sample_replacements", pick)
+    torch.manual_seed(0)
+    extra = {"objective": "mlm"} if arch == "deberta" else {}
+    ours = build_model(arch, f"{arch}-debug", vocab_size=400, **extra).eval()
+    arch_module(arch).export_hf(ours, tmp_path)
+    if arch == "electra":
+        disc = transformers.ElectraForPreTraining.from_pretrained(tmp_path)
+        gen = transformers.ElectraForMaskedLM.from_pretrained(tmp_path / "generator")
+        hf = q.HFSide(arch, gen, disc).eval()
+    else:
+        hf = q.HFSide(arch, transformers.AutoModelForMaskedLM.from_pretrained(tmp_path)).eval()
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 400, (2, 24), generator=g)
+    labels = torch.where(torch.rand(ids.shape, generator=g) < 0.3, ids, -100)
+    attn = torch.ones_like(ids)
+    attn[1, 20:], labels[1, 20:] = 0, -100
+    with torch.no_grad():
+        a, b = ours(ids, attn, labels), hf(ids, attn, labels)
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-4, msg=k)
+
+
+def test_quality_bench_quick(tmp_path):
+    """bench/quality.py --quick: every side of two architectures trains, the HF side saw the
+    trainer's rows, the tables are well formed (RTD: precision and recall columns)."""
+    out = tmp_path / "RESULTS.md"
+    res = subprocess.run(
+        [sys.executable, str(BENCH / "quality.py"), "--quick", "--arch", "roberta,electra",
+         "--work", str(tmp_path / "work"), "--results", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (lines,) = sections(out.read_text()).values()
+    mlm, rtd, curve = tables(lines)
+    assert [(r[0], r[2].split(" ")[0]) for r in mlm[1:]] == [
+        (a, s) for a in ("roberta", "electra") for s in ("ours", "ours", "ours", "HF")
+    ]
+    assert all(float(r[5]) > 0 for r in mlm[1:])
+    assert "precision" in rtd[0] and "recall" in rtd[0] and len(rtd) == 4
+    assert "0 differing" in "\n".join(lines) and len(curve) >= 2
+
+
+def test_quality_ablations_quick(tmp_path):
+    out = tmp_path / "RESULTS.md"
+    res = subprocess.run(
+        [sys.executable, str(BENCH / "quality_ablations.py"), "--quick", "--work",
+         str(tmp_path / "work"), "--results", str(out), "--only", "ours-rows,hf-model,hf-pipeline"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    ((header, *rows),) = tables(next(iter(sections(out.read_text()).values())))
+    assert [r[0] for r in rows] == ["ours-rows", "hf-model", "hf-pipeline"]
+    assert rows[0][3] == "+0.000" and float(rows[1][2]) > 0

@@ -13,7 +13,13 @@ import torch
 
 from data_pipeline.masking import MaskingConfig
 from data_pipeline.shards import INDEX_COLUMNS_V1, Manifest, load_index, sha256_file
-from data_pipeline.stream import DataError, LoaderConfig, PretrainLoader, ShardCheckError
+from data_pipeline.stream import (
+    DataError,
+    LoaderConfig,
+    PretrainLoader,
+    ShardCheckError,
+    distinct_samples_lost,
+)
 from data_pipeline.synthetic import write_synthetic_shards
 
 COUNTS = [12, 7, 15, 9]
@@ -255,3 +261,23 @@ def test_a_flipped_byte_in_an_index_is_named_by_the_full_check(shard_dir):
         make(shard_dir, verify="full")
     assert f"{info.name}: index {info.index}: sha256 mismatch" in str(err.value)
     assert f"({COUNTS[2]} samples)" in str(err.value)
+
+
+def test_a_job_counts_each_lost_sample_once_whatever_the_ranks(shard_dir):
+    """A shard every rank skipped, and a document two ranks (or two epochs) met, count once."""
+    shards = Manifest.load(shard_dir).split("train")
+    os.remove(shard_dir / shards[1].name)
+    info, _ = flip_document(shard_dir, 2, 4)
+    per_rank = []
+    for rank in (0, 1):
+        cfg = LoaderConfig(str(shard_dir), seq_len=16, shuffle_block=2, on_corrupt="skip")
+        loader = PretrainLoader(cfg, MaskingConfig(), 8, 4, rank, 2)
+        it = iter(loader)
+        for _ in range(3 * loader.batches_per_epoch()):  # three epochs
+            next(it)
+        loader.close()
+        per_rank.append(loader.stats())
+    assert all(st["skipped_shards"][shards[1].name]["samples_lost"] == 7 for st in per_rank)
+    assert any(st["lost_document_ids"] == {info.name: [4]} for st in per_rank)
+    assert distinct_samples_lost(per_rank) == 7 + 1
+    assert sum(st["samples_lost"] for st in per_rank) > 8  # what adding ranks up would say

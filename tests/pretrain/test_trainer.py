@@ -85,7 +85,8 @@ TRAIN_FIELDS = {  # every training record of metrics.jsonl (README, "Metrics")
     "packing_efficiency",
     "skipped_steps",
 }
-RTD_FIELDS = {"rtd_loss", "rtd_acc"}  # mlm_loss is the generator's loss for RTD models
+# mlm_loss is the generator's loss for RTD models; precision and recall are on replaced tokens.
+RTD_FIELDS = {"rtd_loss", "rtd_acc", "rtd_precision", "rtd_recall", "rtd_replaced"}
 RTD_WEIGHT = {"electra": 50.0, "deberta": 50.0}  # the debug presets' rtd_weight
 
 
@@ -99,7 +100,7 @@ def test_metrics_records_have_the_documented_fields_and_sane_values(short_runs, 
     rtd = arch in RTD_WEIGHT
     assert all(set(r) == TRAIN_FIELDS | (RTD_FIELDS if rtd else set()) for r in train_recs)
     eval_keys = {"step", "eval_loss", "eval_mlm_loss", "eval_mlm_acc"}
-    eval_keys |= {"eval_rtd_loss", "eval_rtd_acc"} if rtd else set()
+    eval_keys |= {f"eval_{k}" for k in RTD_FIELDS} if rtd else set()
     assert [r["step"] for r in eval_recs] == [3, 6] and all(set(r) == eval_keys for r in eval_recs)
     G, T = 8, 32  # SHORT: global batch, sequence length
     sched = lr_multiplier("linear", warmup_steps=2, total_steps=6)  # the debug config's
