@@ -61,9 +61,14 @@ from pathlib import Path
 
 from common import REPO, add_output_args, emit, load_average, machine, section_start
 
-from pretrain.testing import clean_env, free_port, losses, synthetic_shards
+from pretrain.testing import (
+    clean_env,
+    deepspeed_command,
+    losses,
+    synthetic_shards,
+    train_command,
+)
 
-CONFIG = REPO / "configs" / "debug-roberta.toml"
 CASES = ("kill", "save", "world", "damage", "pickle")
 EPOCH = 58  # steps of epoch 0 of the synthetic shards at seq 32, global batch 16
 TIMEOUT = 300.0  # any single job: longer than this is reported as a hang
@@ -150,36 +155,10 @@ def run(cmd: list[str], log: Path, timeout: float = TIMEOUT) -> Job:
     return finish(start(cmd, log), timeout)
 
 
-def deepspeed(shards: Path, run_dir: Path, *extra: str) -> list[str]:
-    """``deepspeed --num_gpus 2 launch/pretrain.sh --config configs/debug-roberta.toml ...``"""
-    return [
-        str(Path(sys.executable).parent / "deepspeed"),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "launch" / "pretrain.sh"),
-        "--config",
-        str(CONFIG),
-        f"data.shard_dir={shards}",
-        f"run_dir={run_dir}",
-        *extra,
-    ]
-
-
-def one_rank(shards: Path, run_dir: Path, *extra: str) -> list[str]:
-    """``python -m pretrain train --config configs/debug-roberta.toml ...`` (one process)."""
-    return [
-        sys.executable,
-        "-m",
-        "pretrain",
-        "train",
-        "--config",
-        str(CONFIG),
-        f"data.shard_dir={shards}",
-        f"run_dir={run_dir}",
-        *extra,
-    ]
+# The same commands the test suite runs (pretrain.testing): 2 ranks under DeepSpeed's
+# launcher, or one process.
+deepspeed = deepspeed_command
+one_rank = train_command
 
 
 def logged_step(run_dir: Path) -> int:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.models import arch_module
+from pretrain.models import hf_module
 from pretrain.models.common import IGNORE_INDEX, sample_replacements
 
 
@@ -98,9 +98,8 @@ def hf_twin(arch: str, ours: nn.Module) -> nn.Module:
     import transformers
 
     transformers.utils.logging.disable_progress_bar()  # "Loading weights" bars in bench logs
-    mod = arch_module(arch)
     with tempfile.TemporaryDirectory() as d:
-        mod.export_hf(ours, d)
+        hf_module(arch).export_hf(ours, d)
         if arch == "electra":
             disc = transformers.ElectraForPreTraining.from_pretrained(d)
             gen = transformers.ElectraForMaskedLM.from_pretrained(Path(d) / "generator")

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from common import add_output_args, emit, load_average, machine, section_start, time_calls
 
+from data_pipeline.loader import LoaderConfig, PretrainLoader
 from data_pipeline.masking import MaskingConfig, mask_batch, row_keys
 from data_pipeline.shards import ShardReader
-from data_pipeline.stream import LoaderConfig, PretrainLoader
 from data_pipeline.synthetic import SPECIAL_IDS, write_synthetic_shards
 
 SEQ, VOCAB = 512, 50265

@@ -44,10 +44,10 @@ import common  # noqa: E402
 import quality_report  # noqa: E402
 from quality_hf import build_hf_side, hf_train  # noqa: E402
 
-from data_pipeline.stream import PretrainLoader, validation_loader  # noqa: E402
+from data_pipeline.loader import PretrainLoader, validation_loader
 from pretrain.config import load_config  # noqa: E402
 from pretrain.metrics import read_metrics  # noqa: E402
-from pretrain.objectives import SUM_KEYS, eval_metrics, raw_sums  # noqa: E402
+from pretrain.train.objectives import SUM_KEYS, eval_metrics, raw_sums
 
 CONFIG = common.REPO / "configs" / "quickstart.toml"
 QUICK = [
@@ -169,7 +169,7 @@ def score(model, val: list[dict], segments: bool, rtd: bool, rtd_weight: float) 
 def run_ours(args, cfg, side: dict, val: list[dict], log: Path) -> dict:
     """Train with ``pretrain.trainer.train`` up to each evaluation step in turn (each call
     resumes the last; resume is bit-exact on CPU fp32) and score the trained model."""
-    from pretrain.trainer import train
+    from pretrain.train import train
 
     scores = {}
     for step in args.eval_at:
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 def run_hf(args, cfg, side: dict, seed: int, val: list[dict]):
     """The HF side on the same batches: scores at ``eval_at``, training windows, rows seen."""
     from data_pipeline.shards import Manifest
-    from pretrain.session import build_model, seed_all
+    from pretrain.train.build import build_model, seed_all
 
     seed_all(seed)
     ours = build_model(cfg, Manifest.load(cfg.data.shard_dir).tokenizer)  # only its config
@@ -264,7 +264,7 @@ class Window:
     """Training metrics summed over a window of steps, like the trainer's logging."""
 
     def __init__(self, rtd: bool, rtd_weight: float):
-        from pretrain.objectives import Objective
+        from pretrain.train.objectives import Objective
 
         self.objective, self.steps = Objective(rtd, rtd_weight), 0
 

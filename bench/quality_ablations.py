@@ -73,7 +73,7 @@ def batches(shards, spec, cfg, steps: int):
     """``steps`` global batches (dicts of (G, T) tensors) of the variant's data pipeline."""
     import dataclasses
 
-    from data_pipeline.stream import PretrainLoader
+    from data_pipeline.loader import PretrainLoader
 
     G = cfg.batch.global_batch_size
     data = dataclasses.replace(
@@ -117,7 +117,7 @@ def bernoulli(b: dict, gen, tok: dict, p: float = 0.15) -> dict:
 
 def build(spec, cfg, vocab: int, pad: int, seed: int):
     """The model of the variant (ours or HF's RobertaForMaskedLM, HF-initialised)."""
-    from pretrain.models import roberta
+    from pretrain.models import roberta, roberta_hf
 
     kw = dict(
         roberta.PRESETS[cfg.model.preset],
@@ -132,7 +132,7 @@ def build(spec, cfg, vocab: int, pad: int, seed: int):
         return ours
     import transformers
 
-    cfg_hf = transformers.RobertaConfig(**roberta.hf_config(ours.config))
+    cfg_hf = transformers.RobertaConfig(**roberta_hf.hf_config(ours.config))
     torch.manual_seed(seed)
     return transformers.RobertaForMaskedLM(cfg_hf)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pretrain.models import arch_module
+from pretrain.models import hf_module
 from pretrain.models.common import IGNORE_INDEX, mlm_sums, rtd_sums, sample_replacements
 
 
@@ -79,7 +79,7 @@ def build_hf_side(arch: str, ours: nn.Module, seed: int) -> HFSide:
 
     transformers.utils.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as d:
-        arch_module(arch).export_hf(ours, d)
+        hf_module(arch).export_hf(ours, d)
         cfg = transformers.AutoConfig.from_pretrained(d)
         gen_cfg = (
             transformers.AutoConfig.from_pretrained(Path(d) / "generator")

@@ -3,9 +3,9 @@ trainer does, and report timings.
 
 ``run(spec) -> dict`` builds a ``RunConfig`` from ``spec`` (shard directory, model preset and
 overrides, batch, precision, ZeRO stage, loader workers), the model exactly as
-``pretrain.session`` builds it (ours: plus ``pretrain.perf``; HF: ``hf_models.hf_twin`` of
+``pretrain.train.session`` builds it (ours: plus ``pretrain.train.perf``; HF: ``hf_models.hf_twin`` of
 ours, same weights), a ``PretrainLoader`` and a ``pretrain.engine.Engine`` (so both sides
-get the identical DeepSpeed config and optimizer), then runs ``pretrain.trainer.train_step``
+get the identical DeepSpeed config and optimizer), then runs ``pretrain.train.loop.train_step``
 ``warmup + steps`` times, timing each optimizer step (device synchronised) and the time
 blocked on the loader. Run as ``python bench/throughput_child.py SPEC.json`` it prints the
 result as a ``RESULT {json}`` line (the parent runs every side in a fresh process, so peak
@@ -64,15 +64,16 @@ def _sync(device: torch.device) -> None:
 
 
 def run(spec: dict) -> dict:
+    from data_pipeline.loader import PretrainLoader
     from data_pipeline.shards import Manifest
-    from data_pipeline.stream import PretrainLoader
     from pretrain import engine as eng
+    from pretrain.config import PerfConfig
     from pretrain.metrics import StepTimer, peak_flops_per_second, peak_memory_bytes
-    from pretrain.objectives import Objective
     from pretrain.optim import lr_multiplier
-    from pretrain.perf import PerfConfig, apply_perf
-    from pretrain.session import build_model, is_rtd, seed_all
-    from pretrain.trainer import train_step
+    from pretrain.train import train_step
+    from pretrain.train.build import build_model, is_rtd, seed_all
+    from pretrain.train.objectives import Objective
+    from pretrain.train.perf import apply_perf
 
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = run_config(spec, run_dir)

@@ -10,10 +10,10 @@
 For each architecture, both sides train from the same synthetic shards (written here with
 ``data_pipeline.synthetic``; each preset's own vocabulary size), through our real
 ``PretrainLoader`` (``--workers`` DataLoader workers, default 2), ``pretrain.engine.Engine``
-(the identical DeepSpeed config from ``pretrain.ds_config`` and optimizer on both sides) and
+(the identical DeepSpeed config from ``pretrain.engine.ds_config`` and optimizer on both sides) and
 the trainer's ``train_step``, with the same batch, sequence length, precision and ZeRO stage:
 
-* ours: ``pretrain.models`` plus ``pretrain.perf`` (fixed-capacity sparse MLM head;
+* ours: ``pretrain.models`` plus ``pretrain.train.perf`` (fixed-capacity sparse MLM head;
   ``--compile``: torch.compile of the blocks, default on CUDA);
 * HF: ``RobertaForMaskedLM``, ``ElectraForMaskedLM`` + ``ElectraForPreTraining`` (RTD written
   around them: full-vocabulary logits, sampling, BCE), ``DebertaV2ForMaskedLM``; same
@@ -22,7 +22,7 @@ the trainer's ``train_step``, with the same batch, sequence length, precision an
   no attention-probability dropout, so that dropout is 0 on both sides there.
 
 Reported per side: tokens/s (rows x seq_len per optimizer step over the median step time),
-MFU = tokens/s x F / peak, with F = ``pretrain.flops.model_flops_per_token`` of OUR model
+MFU = tokens/s x F / peak, with F = ``pretrain.metrics.flops.model_flops_per_token`` of OUR model
 (attention included, MLM head on the predicted 15 % only; formula in ``pretrain/flops.py``)
 applied to both sides, so the MFU ratio is exactly the time ratio; peak memory (CUDA: peak
 allocated; CPU: peak RSS of the side's process); and the share of step time blocked on the
@@ -139,7 +139,7 @@ def flops_per_token(spec: dict, vocab: int) -> float:
     """Our formula for OUR model of ``spec`` (built on the meta device: no memory, no time)."""
     import torch
 
-    from pretrain.flops import model_flops_per_token
+    from pretrain.metrics.flops import model_flops_per_token
     from pretrain.models import build_model
 
     with torch.device("meta"):

@@ -9,7 +9,7 @@
 # DeepSpeed's launcher runs `python -u launch/pretrain.sh --local_rank=N ARGS` on every
 # rank: Python reads the first line as the start of a string and runs the part below it;
 # bash sees the no-op `:` and runs this part. Rank, world size and device always come from
-# the launcher's environment (pretrain/launch_env.py), so the same arguments work under
+# the launcher's environment (pretrain/engine/launch_env.py), so the same arguments work under
 # every launcher. All arguments are passed through to `python -m pretrain train`.
 #
 # Multi-node with a DeepSpeed hostfile (launch/hostfile.example: one `HOST slots=GPUS` line

@@ -1,4 +1,5 @@
-"""``python -m pretrain export``: a model as a Hugging Face ``transformers`` directory.
+"""A model as a Hugging Face ``transformers`` directory (``export_model``; the command is
+``python -m pretrain export``, ``pretrain.commands.export``).
 
 The directory holds ``config.json`` + ``model.safetensors`` (RTD models: the discriminator,
 with the generator in ``generator/``) and a copy of every tokenizer file, so the standard
@@ -16,15 +17,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from data_pipeline.cli import CommandError
-from pretrain.models import ARCHITECTURES, arch_module
+from data_pipeline.common import CommandError
+from data_pipeline.tokenizer import Tokenizer
+from pretrain.checkpoint import load_run_model
+from pretrain.models import ARCHITECTURES, hf_module
 
 # HF ``model_type`` -> our architecture name.
 MODEL_TYPES = {"roberta": "roberta", "electra": "electra", "deberta-v2": "deberta"}
@@ -88,12 +90,10 @@ def load_model_dir(path: str | os.PathLike, as_hf: bool = False) -> tuple[nn.Mod
         arch = hf_arch(p)
         overrides = AS_HF_RUNS_IT.get(arch, {}) if as_hf else {}
         try:
-            return arch_module(arch).import_hf(p, **overrides), p
+            return hf_module(arch).import_hf(p, **overrides), p
         except ValueError as e:
             raise CommandError(str(e)) from e
     if is_run_dir(p):
-        from pretrain.checkpoint import load_run_model  # heavy (DeepSpeed): only when needed
-
         model, tokenizer_dir = load_run_model(p)
         return model, Path(tokenizer_dir)
     raise CommandError(
@@ -136,7 +136,7 @@ def export_model(
         raise ValueError(f"{out_dir}: the output directory must differ from the source")
     files = tokenizer_files(tokenizer_dir)
     special = _tokenizer_ids(model, tokenizer_dir)
-    module = sys.modules[type(model).__module__]
+    module = hf_module(arch_of(model))
     module.export_hf(model, out)
     targets = [out] + ([out / "generator"] if (out / "generator" / "config.json").is_file() else [])
     for target in targets:
@@ -151,8 +151,6 @@ def export_model(
 
 def _tokenizer_ids(model: nn.Module, tokenizer_dir) -> dict[str, int]:
     """bos/eos ids for config.json; refuses a tokenizer whose ids the model cannot embed."""
-    from data_pipeline.tokenizer import Tokenizer
-
     tok = Tokenizer.load(tokenizer_dir)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(
@@ -181,31 +179,3 @@ def _verify(model: nn.Module, module, out: Path) -> None:
         raise RuntimeError(
             f"{out}: exported weights do not reload identically: {', '.join(differ)}"
         )
-
-
-def add_arguments(parser) -> None:
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", metavar="RUN_DIR", help="training run directory (latest checkpoint)")
-    src.add_argument(
-        "--model-dir",
-        metavar="HF_DIR",
-        help="an HF directory written by this command (re-export / round trip)",
-    )
-    parser.add_argument("--out", required=True, metavar="HF_DIR", help="output directory")
-
-
-def main(args) -> int:
-    source = Path(args.run or args.model_dir)
-    if args.run and (source / "config.json").is_file() and not is_run_dir(source):
-        raise CommandError(f"{source}: an HF model directory, not a run; use --model-dir")
-    if args.model_dir and not (source / "config.json").is_file():
-        raise CommandError(f"{source}: no config.json; not a Hugging Face model directory")
-    model, tokenizer_dir = load_model_dir(source)
-    try:
-        out = export_model(model, tokenizer_dir, args.out)
-    except ValueError as e:
-        raise CommandError(str(e)) from e
-    arch = arch_of(model)
-    extra = f" (+ generator in {out / 'generator'})" if (out / "generator").is_dir() else ""
-    print(f"exported {arch} model from {source} to {out}{extra}")
-    return 0

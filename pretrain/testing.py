@@ -4,6 +4,8 @@
   the built-in sample corpus through the real tokenizer and preprocessing commands).
 - ``debug_config``: a shipped debug config with overrides, as a ``RunConfig``.
 - ``losses``: the per-step training records of a run's ``metrics.jsonl``.
+- ``train_command`` / ``deepspeed_command``: a training run as a child process (one
+  process, or two ranks under DeepSpeed's launcher).
 - ``clean_env``: the environment for a child process that must not inherit this
   process's distributed variables.
 - ``python -m pretrain.testing SPEC.json``: run several trainings one after another in the
@@ -15,8 +17,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
+
+from data_pipeline.cli import main as data
+from data_pipeline.synthetic import write_synthetic_shards
+from pretrain import engine
+from pretrain.config import load_config
+from pretrain.metrics import read_metrics
+from pretrain.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
@@ -43,7 +53,6 @@ def _done(d: Path) -> bool:
 
 def synthetic_shards(out: str | os.PathLike, vocab_size: int = 500) -> Path:
     """Random-token shards (train: 2 x 300 documents; valid: 1 x 60), built once."""
-    from data_pipeline.synthetic import write_synthetic_shards
 
     out = Path(out)
     if not _done(out):
@@ -56,7 +65,6 @@ def synthetic_shards(out: str | os.PathLike, vocab_size: int = 500) -> Path:
 
 def corpus_shards(out: str | os.PathLike, vocab_size: int = 2000) -> Path:
     """The built-in sample corpus -> tokenizer -> shards (``out/shards``), built once."""
-    from data_pipeline.cli import main as data
 
     out = Path(out)
     shards = out / "shards"
@@ -96,7 +104,6 @@ def corpus_shards(out: str | os.PathLike, vocab_size: int = 2000) -> Path:
 
 def debug_config(arch: str, shard_dir, run_dir, *overrides: str):
     """``configs/debug-<arch>.toml`` with ``shard_dir``/``run_dir`` and dotted overrides."""
-    from pretrain.config import load_config
 
     return load_config(
         CONFIGS / f"debug-{arch}.toml",
@@ -108,9 +115,41 @@ def debug_config(arch: str, shard_dir, run_dir, *overrides: str):
     )
 
 
+def train_command(shard_dir, run_dir, *overrides: str, arch: str = "roberta") -> list[str]:
+    """``python -m pretrain train`` of ``configs/debug-<arch>.toml`` as a child process runs it."""
+    return [
+        sys.executable,
+        "-m",
+        "pretrain",
+        "train",
+        "--config",
+        str(CONFIGS / f"debug-{arch}.toml"),
+        f"data.shard_dir={shard_dir}",
+        f"run_dir={run_dir}",
+        *overrides,
+    ]
+
+
+def deepspeed_command(shard_dir, run_dir, *overrides: str, ranks: int = 2) -> list[str]:
+    """``deepspeed --num_gpus RANKS launch/pretrain.sh`` of the debug RoBERTa, as users launch
+    it (2 gloo processes on a CPU machine), on a free master port."""
+    return [
+        str(Path(sys.executable).parent / "deepspeed"),
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+        str(REPO / "launch/pretrain.sh"),
+        "--config",
+        str(CONFIGS / "debug-roberta.toml"),
+        f"data.shard_dir={shard_dir}",
+        f"run_dir={run_dir}",
+        *overrides,
+    ]
+
+
 def losses(run_dir: str | os.PathLike, key: str = "loss") -> dict[int, float]:
     """{step: value} of the training records (those with ``key``) in ``metrics.jsonl``."""
-    from pretrain.metrics import read_metrics
 
     records, _ = read_metrics(Path(run_dir) / "metrics.jsonl")
     return {r["step"]: r[key] for r in records if key in r}
@@ -125,7 +164,6 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a test's rendezvous or master port)."""
-    import socket
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -134,9 +172,6 @@ def free_port() -> int:
 
 def run_spec(spec_path: str) -> int:
     """Every rank: train each entry of the JSON list ``[{"config", "overrides", "resume"}]``."""
-    from pretrain import engine
-    from pretrain.config import load_config
-    from pretrain.trainer import train
 
     for item in json.loads(Path(spec_path).read_text()):
         cfg = load_config(item["config"], item.get("overrides", []))

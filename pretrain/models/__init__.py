@@ -1,10 +1,14 @@
-"""Model registry: one module per architecture, all with the same small interface.
+"""Model registry: every architecture is ``<arch>.py`` (the model, reading top to bottom) and
+``<arch>_hf.py`` (its Hugging Face conversion), with the same small interface; the registry
+resolves both (``arch_module``, ``hf_module``). Shared pieces: ``base`` (the common Config
+fields and the HF-config check), ``layers`` (BERT-style blocks), ``common`` (masks, sparse
+loss sums, sampling, initialisation), ``hf_io`` (HF directories, weights-only).
 
 Every architecture module (``roberta``, ``electra``, ``deberta``) defines:
 
 ``Config``
-    a dataclass (one docstring per field) of the architecture's hyper-parameters,
-    including ``vocab_size`` and, for RTD models, ``rtd_weight``.
+    a dataclass extending ``base.EncoderConfig`` (one docstring per field) with the
+    architecture's own hyper-parameters, e.g. ``rtd_weight`` for RTD models.
 ``PRESETS: dict[str, dict]``
     preset name -> ``Config`` keyword arguments (e.g. ``"roberta-base"``). Names are
     unique across architectures; every module has a tiny ``<arch>-debug`` preset.
@@ -31,6 +35,9 @@ Every architecture module (``roberta``, ``electra``, ``deberta``) defines:
     ``config``: the ``Config`` it was built with.
 
 ``param_counts(model) -> {"embedding": int, "backbone": int, "total": int}``
+
+Every conversion module (``<arch>_hf``) defines:
+
 ``export_hf(model, out_dir)``
     write ``config.json`` + ``model.safetensors`` loadable by the standard
     ``transformers`` classes (RTD models: discriminator in ``out_dir``, generator in
@@ -74,6 +81,11 @@ def arch_module(arch: str) -> ModuleType:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
     return importlib.import_module(ARCHITECTURES[arch])
+
+
+def hf_module(arch: str) -> ModuleType:
+    """The module converting ``arch`` to and from Hugging Face directories (``<arch>_hf``)."""
+    return importlib.import_module(arch_module(arch).__name__ + "_hf")
 
 
 def find_preset(name: str) -> tuple[str, dict]:

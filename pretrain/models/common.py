@@ -1,18 +1,11 @@
 """Pieces every architecture shares: attention masks, the sparse MLM/RTD loss sums,
-replacement sampling for RTD, parameter counting, and HF directory I/O.
+replacement sampling for RTD, initialisation and parameter counting.
 
 Losses are returned as *sums with counts* (see ``pretrain.models``): the objective
 divides by the global number of predicted tokens across micro-batches and ranks.
 """
 
 from __future__ import annotations
-
-import json
-import os
-import pickle
-import re
-import zipfile
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -83,7 +76,7 @@ def check_capacity(labels: torch.Tensor, capacity: int) -> None:
 
     CPU: a plain check with a one-line error. CUDA: an asynchronous device assertion, so
     the step never waits for the device; it cannot fire when the capacity comes from
-    ``pretrain.perf.predict_capacity`` (a bound the masking guarantees).
+    ``pretrain.train.perf.predict_capacity`` (a bound the masking guarantees).
     """
     per_row = (labels != IGNORE_INDEX).sum(dim=1)
     if labels.device.type == "cuda":
@@ -98,7 +91,7 @@ def check_capacity(labels: torch.Tensor, capacity: int) -> None:
     elif labels.numel() and int(per_row.max()) > capacity:
         raise ValueError(
             f"a row has {int(per_row.max())} labelled tokens, more than the model's "
-            f"predict_capacity {capacity} (see pretrain.perf.predict_capacity)"
+            f"predict_capacity {capacity} (see pretrain.train.perf.predict_capacity)"
         )
 
 
@@ -195,76 +188,3 @@ def count_params(module: nn.Module) -> int:
             seen.add(id(p))
             n += p.numel()
     return n
-
-
-# ----------------------------------------------------------------------------- HF directories
-
-
-def save_hf_dir(
-    out_dir: str | os.PathLike, hf_config: dict, state_dict: dict[str, torch.Tensor]
-) -> None:
-    """Write ``config.json`` and ``model.safetensors`` (tensors made contiguous and unshared)."""
-    from safetensors.torch import save_file
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-
-
-class UnsafeFileError(ValueError):
-    """A weights file that holds more than tensors and containers (or allow-listed classes):
-    refused without running any of it. One-line message."""
-
-
-def load_torch_file(path: str | os.PathLike, allowed: tuple = (), mmap: bool = False):
-    """``torch.load`` that never runs code from the file: ``weights_only=True``, which builds
-    tensors, containers and plain values only, plus the classes in ``allowed`` (data-only
-    classes, e.g. DeepSpeed's checkpoint metadata). Anything else raises ``UnsafeFileError``
-    before it is constructed; an unreadable file raises ``ValueError``. Tensors on the CPU;
-    ``mmap``: storages are mapped, not read, until used (zip-format files; torch's legacy
-    format is read whole)."""
-    mmap = mmap and zipfile.is_zipfile(path)
-    try:
-        with torch.serialization.safe_globals(list(allowed)):
-            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(e))
-        what = (
-            f"it references {found.group(1)}"
-            if found
-            else f"unsupported pickle content ({detail.group(1).strip() if detail else 'unknown'})"
-        )
-        raise UnsafeFileError(
-            f"{path}: refused to load: {what}, not a tensor (loading it could run code "
-            "from the file; only tensors and containers are read)"
-        ) from None
-    except (RuntimeError, OSError, EOFError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{path}: unreadable as a torch file ({first[:200]})") from e
-
-
-def load_hf_dir(hf_dir: str | os.PathLike) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(config dict, state dict) of a local HF model directory, never executing pickled code.
-
-    Prefers ``model.safetensors``; falls back to ``pytorch_model.bin`` through
-    ``load_torch_file`` (``torch.load(weights_only=True)``), which refuses anything but
-    tensors and containers with a one-line ``UnsafeFileError``.
-    """
-    d = Path(hf_dir)
-    cfg_path = d / "config.json"
-    if not cfg_path.is_file():
-        raise ValueError(f"{hf_dir}: not a Hugging Face model directory (no config.json)")
-    config = json.loads(cfg_path.read_text())
-    if (d / "model.safetensors").is_file():
-        from safetensors.torch import load_file
-
-        return config, load_file(str(d / "model.safetensors"))
-    if (d / "pytorch_model.bin").is_file():
-        state = load_torch_file(d / "pytorch_model.bin")
-        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise ValueError(f"{d / 'pytorch_model.bin'}: not a state dict of tensors")
-        return config, state
-    raise ValueError(f"{hf_dir}: no model.safetensors or pytorch_model.bin")

@@ -38,12 +38,13 @@ parameter of the pretraining model (heads, EMD position table, generator and GDE
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from pretrain.models.base import RTDConfig
 from pretrain.models.common import (
     IGNORE_INDEX,
     check_capacity,
@@ -69,29 +70,13 @@ EMD_QUERY_MULTIPLE = 64  # EMD query counts are padded to a multiple: few distin
 
 
 @dataclass
-class Config:
+class Config(RTDConfig):
     vocab_size: int = 128100
     """Rows of the token embedding (the tokenizer's vocabulary size; 128,100 for v3's spm)."""
-    hidden_size: int = 768
-    """Width of the residual stream."""
-    num_hidden_layers: int = 12
-    """Transformer blocks of the encoder (the discriminator for RTD)."""
-    num_attention_heads: int = 12
-    """Attention heads per block (hidden_size must be divisible by it)."""
-    intermediate_size: int = 3072
-    """Inner width of the feed-forward network."""
     max_position_embeddings: int = 512
     """Longest sequence the EMD position table covers; the default relative range."""
-    hidden_dropout_prob: float = 0.1
-    """Dropout on embeddings, residual branches and the relative embeddings."""
-    attention_probs_dropout_prob: float = 0.1
-    """Dropout on attention probabilities (the flex path cannot apply it)."""
     layer_norm_eps: float = 1e-7
     """LayerNorm epsilon (DeBERTa-v3: 1e-7)."""
-    initializer_range: float = 0.02
-    """Std of the normal initialisation of weights."""
-    pad_token_id: int = 0
-    """Padding id ([PAD] is 0 in DeBERTa-v3's vocabulary); its embedding row stays zero."""
     position_buckets: int = 256
     """Log buckets on each side for relative positions (DeBERTa-v3: 256); <= 0 disables."""
     max_relative_positions: int = -1
@@ -103,84 +88,33 @@ class Config:
     attention_impl: str = "plain"
     """"plain" (PyTorch, anywhere), "flex" (FlexAttention; needs attention dropout 0, CUDA
     to train), "auto" (flex on CUDA when no attention dropout applies, plain otherwise)."""
-    rtd_weight: float = 50.0
-    """Weight of the discriminator loss (ELECTRA: 50; microsoft/DeBERTa's code default: 10)."""
-    generator_hidden_size: int | None = None
-    """Generator width; None = hidden_size (GDES shares the embedding, so it must be equal)."""
-    generator_num_hidden_layers: int | None = None
-    """Generator depth; None = num_hidden_layers // 2 (DeBERTa-v3: half the discriminator)."""
-    generator_num_attention_heads: int | None = None
-    """Generator heads; None = num_attention_heads."""
-    generator_intermediate_size: int | None = None
-    """Generator FFN width; None = intermediate_size."""
+
+    ARCH: ClassVar[str] = "deberta"
 
     def __post_init__(self):
-        if self.generator_hidden_size is None:
-            self.generator_hidden_size = self.hidden_size
-        if self.generator_num_hidden_layers is None:
-            self.generator_num_hidden_layers = max(1, self.num_hidden_layers // 2)
-        if self.generator_num_attention_heads is None:
-            self.generator_num_attention_heads = self.num_attention_heads
-        if self.generator_intermediate_size is None:
-            self.generator_intermediate_size = self.intermediate_size
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "max_position_embeddings",
-            "generator_hidden_size",
-            "generator_num_hidden_layers",
-            "generator_num_attention_heads",
-            "generator_intermediate_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"deberta config: {name} must be >= 1, got {getattr(self, name)}")
-        for w, h in (
-            ("hidden_size", "num_attention_heads"),
-            ("generator_hidden_size", "generator_num_attention_heads"),
-        ):
-            if getattr(self, w) % getattr(self, h):
-                raise ValueError(
-                    f"deberta config: {w} {getattr(self, w)} is not divisible by "
-                    f"{h} {getattr(self, h)}"
-                )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"deberta config: {name} must be in [0, 1)")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"deberta config: pad_token_id {self.pad_token_id} is outside the vocabulary"
-            )
+        super().__post_init__()
         if self.position_buckets > 0 and not (
             self.position_buckets >= 4 and self.relative_range > self.position_buckets // 2 + 1
         ):
-            raise ValueError(
-                f"deberta config: position_buckets {self.position_buckets} needs "
+            self._fail(
+                f"position_buckets {self.position_buckets} needs "
                 f">= 4 and max_relative_positions > position_buckets // 2 + 1"
             )
         if self.objective not in ("mlm", "rtd"):
-            raise ValueError(
-                f"deberta config: objective must be 'mlm' or 'rtd', got {self.objective!r}"
-            )
+            self._fail(f"objective must be 'mlm' or 'rtd', got {self.objective!r}")
         if self.attention_impl not in ("plain", "flex", "auto"):
-            raise ValueError(
-                "deberta config: attention_impl must be 'plain', 'flex' or 'auto', "
-                f"got {self.attention_impl!r}"
+            self._fail(
+                f"attention_impl must be 'plain', 'flex' or 'auto', got {self.attention_impl!r}"
             )
         if self.attention_impl == "flex" and self.attention_probs_dropout_prob > 0:
-            raise ValueError(
-                "deberta config: attention_impl='flex' cannot apply attention "
-                "dropout; set attention_probs_dropout_prob=0 or use 'auto'/'plain'"
+            self._fail(
+                "attention_impl='flex' cannot apply attention dropout; set "
+                "attention_probs_dropout_prob=0 or use 'auto'/'plain'"
             )
         if self.objective == "rtd" and self.generator_hidden_size != self.hidden_size:
-            raise ValueError(
-                "deberta config: GDES shares the token embedding, so "
-                "generator_hidden_size must equal hidden_size"
+            self._fail(
+                "GDES shares the token embedding, so generator_hidden_size must equal hidden_size"
             )
-        if self.rtd_weight < 0:
-            raise ValueError(f"deberta config: rtd_weight must be >= 0, got {self.rtd_weight}")
 
     @property
     def relative_range(self) -> int:
@@ -390,18 +324,3 @@ def param_counts(model: Model) -> dict[str, int]:
         "backbone": backbone,
         "total": count_params(model),
     }
-
-
-def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
-    """HF directory: ``DebertaV2ForMaskedLM`` (MLM) or discriminator ``DebertaV2Model`` +
-    ``rtd_state.safetensors`` + ``generator/`` (RTD). See ``deberta_hf.export_hf``."""
-    from pretrain.models.deberta_hf import export_hf as _export
-
-    _export(model, out_dir)
-
-
-def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
-    """Model from a local HF DeBERTa-v2/v3 directory. See ``deberta_hf.import_hf``."""
-    from pretrain.models.deberta_hf import import_hf as _import
-
-    return _import(hf_dir, **overrides)

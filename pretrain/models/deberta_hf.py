@@ -29,33 +29,36 @@ from pathlib import Path
 
 import torch
 
-from pretrain.models.common import load_hf_dir, load_torch_file, save_hf_dir
+from data_pipeline.common import load_torch_file
+from pretrain.models.base import check_hf_config
 from pretrain.models.deberta import Config, Model
+from pretrain.models.hf_io import load_hf_dir, save_hf_dir
 
 RTD_STATE_FILE = "rtd_state.safetensors"
 WORDS = "deberta.embeddings.word_embeddings.weight"
 EMD_POSITIONS = "deberta.embeddings.position_embeddings.weight"
 DELTA = "deberta.embeddings.word_embeddings_delta"
 _HEADS = ("lm_predictions.", "mask_predictions.")
+# Config fields with the same name and meaning in HF's DebertaV2Config (pad_token_id apart:
+# HF writes null for "none").
+HF_FIELDS = (
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "max_position_embeddings",
+    "initializer_range",
+    "layer_norm_eps",
+    "position_buckets",
+    "max_relative_positions",
+)
 
 
 def hf_config(c: Config, architecture: str, dtype: torch.dtype) -> dict:
     """``config.json`` for ``transformers.DebertaV2Config`` describing ``c``'s encoder."""
-    keep = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "max_position_embeddings",
-        "initializer_range",
-        "layer_norm_eps",
-        "pad_token_id",
-        "position_buckets",
-        "max_relative_positions",
-    )
     return {
         "architectures": [architecture],
         "model_type": "deberta-v2",
@@ -68,7 +71,7 @@ def hf_config(c: Config, architecture: str, dtype: torch.dtype) -> dict:
         "position_biased_input": False,
         "legacy": False,
         "dtype": str(dtype).removeprefix("torch."),
-        **{k: getattr(c, k) for k in keep},
+        **{k: getattr(c, k) for k in (*HF_FIELDS, "pad_token_id")},
     }
 
 
@@ -104,45 +107,28 @@ def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
 
 def config_from_hf(cfg: dict, where) -> dict:
     """``Config`` keyword arguments of an HF DeBERTa-v2 config; refuses non-v3 variants."""
-    if cfg.get("model_type") != "deberta-v2":
-        raise ValueError(f"{where}: model_type is {cfg.get('model_type')!r}, expected 'deberta-v2'")
     pos_att = cfg.get("pos_att_type") or []
     if isinstance(pos_att, str):
         pos_att = [x.strip() for x in pos_att.lower().split("|")]
+    norm_rel = cfg.get("norm_rel_ebd", "none").strip().lower()
     hidden, heads = cfg.get("hidden_size", 1536), cfg.get("num_attention_heads", 24)
-    checks = [  # (field, value, required value); HF's defaults where the key is absent
-        ("relative_attention", cfg.get("relative_attention", False), True),
-        ("position_biased_input", cfg.get("position_biased_input", True), False),
-        ("share_att_key", cfg.get("share_att_key", False), True),
-        ("pos_att_type", sorted(pos_att), ["c2p", "p2c"]),
-        ("norm_rel_ebd", cfg.get("norm_rel_ebd", "none").strip().lower(), "layer_norm"),
-        ("type_vocab_size", cfg.get("type_vocab_size", 0), 0),
-        ("hidden_act", cfg.get("hidden_act", "gelu"), "gelu"),
-        ("conv_kernel_size", cfg.get("conv_kernel_size", 0), 0),
-        ("embedding_size", cfg.get("embedding_size", hidden), hidden),
-        ("attention_head_size", cfg.get("attention_head_size", hidden // heads), hidden // heads),
-    ]
-    for field, value, want in checks:
-        if value != want:
-            raise ValueError(
-                f"{where}: unsupported DeBERTa config {field}={value!r} "
-                f"(DeBERTa-v3 as implemented here needs {want!r})"
-            )
-    keys = (
-        "vocab_size",
-        "hidden_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "intermediate_size",
-        "hidden_dropout_prob",
-        "attention_probs_dropout_prob",
-        "max_position_embeddings",
-        "initializer_range",
-        "layer_norm_eps",
-        "position_buckets",
-        "max_relative_positions",
+    # key -> (HF's default when absent, what DeBERTa-v3 as implemented here needs)
+    v3 = {
+        "relative_attention": (False, True),
+        "position_biased_input": (True, False),
+        "share_att_key": (False, True),
+        "pos_att_type": ([], ["c2p", "p2c"]),
+        "norm_rel_ebd": ("none", "layer_norm"),
+        "type_vocab_size": (0, 0),
+        "hidden_act": ("gelu", "gelu"),
+        "conv_kernel_size": (0, 0),
+        "embedding_size": (hidden, hidden),
+        "attention_head_size": (hidden // heads, hidden // heads),
+    }
+    check_hf_config(
+        {**cfg, "pos_att_type": sorted(pos_att), "norm_rel_ebd": norm_rel}, where, "deberta-v2", v3
     )
-    out = {k: cfg[k] for k in keys if k in cfg}
+    out = {k: cfg[k] for k in HF_FIELDS if k in cfg}
     out["pad_token_id"] = cfg.get("pad_token_id") or 0
     out.setdefault("position_buckets", -1)  # HF: absent = no buckets
     return out

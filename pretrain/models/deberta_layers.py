@@ -1,21 +1,20 @@
 """DeBERTa-v3 building blocks with HF ``DebertaV2ForMaskedLM`` names (see ``deberta``).
 
+Each takes ``c``, a ``pretrain.models.deberta.Config`` (typed here by its base class: this
+module sits below ``deberta``, which composes these blocks).
+
 Embeddings, post-LN transformer blocks around ``DisentangledSelfAttention``, the encoder
 with its LayerNorm-ed relative embeddings, the MLM head and microsoft/DeBERTa's RTD head.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.base import EncoderConfig as Config  # the blocks take DeBERTa's Config
 from pretrain.models.deberta_attention import DisentangledSelfAttention
-
-if TYPE_CHECKING:
-    from pretrain.models.deberta import Config
 
 
 class Embeddings(nn.Module):

@@ -20,13 +20,14 @@ Differences from the HF reference (which has no joint pretraining model):
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.models.base import RTDConfig
 from pretrain.models.common import (
     IGNORE_INDEX,
     count_params,
@@ -46,95 +47,40 @@ from pretrain.models.layers import (
 
 
 @dataclass
-class Config:
-    vocab_size: int = 30522
-    """Rows of the shared token embedding (the tokenizer's vocabulary size)."""
-    embedding_size: int = 128
-    """Width of the shared embeddings; projected to each network's width when different."""
+class Config(RTDConfig):
     hidden_size: int = 256
-    """Discriminator width."""
-    num_hidden_layers: int = 12
-    """Discriminator depth."""
+    """Discriminator width (the base fields describe the discriminator)."""
     num_attention_heads: int = 4
     """Discriminator attention heads."""
     intermediate_size: int = 1024
     """Discriminator feed-forward inner width."""
+    embedding_size: int = 128
+    """Width of the shared embeddings; projected to each network's width when different."""
+    type_vocab_size: int = 2
+    """Token types (BERT/ELECTRA checkpoints have two; pretraining uses type 0)."""
     generator_size: float = 0.25
     """Generator width as a fraction of hidden_size (paper: small 1/4, base 1/3, large 1/4);
     used only when generator_hidden_size is not set."""
     generator_layers: float = 1.0
     """Generator depth as a fraction of num_hidden_layers; used only when
     generator_num_hidden_layers is not set."""
-    generator_hidden_size: int | None = None
-    """Generator width; None: round(hidden_size * generator_size). Explicit values win."""
-    generator_num_hidden_layers: int | None = None
-    """Generator depth; None: round(num_hidden_layers * generator_layers)."""
-    generator_num_attention_heads: int | None = None
-    """Generator heads; None: max(1, generator_hidden_size // 64) as in the paper's code."""
-    generator_intermediate_size: int | None = None
-    """Generator feed-forward width; None: 4 * generator_hidden_size."""
-    max_position_embeddings: int = 512
-    """Rows of the position embedding = longest sequence."""
-    type_vocab_size: int = 2
-    """Token types (BERT/ELECTRA checkpoints have two; pretraining uses type 0)."""
-    hidden_dropout_prob: float = 0.1
-    """Dropout on embeddings and residual branches (both networks)."""
-    attention_probs_dropout_prob: float = 0.1
-    """Dropout on attention probabilities (both networks)."""
-    layer_norm_eps: float = 1e-12
-    """LayerNorm epsilon (BERT/ELECTRA: 1e-12)."""
-    initializer_range: float = 0.02
-    """Std of the normal initialisation of weights."""
-    pad_token_id: int = 0
-    """Padding id: its word-embedding row stays zero."""
-    rtd_weight: float = 50.0
-    """Discriminator loss weight: loss = mlm_sum/N_masked + rtd_weight * rtd_sum/N_tokens."""
 
-    def __post_init__(self):
-        if self.generator_hidden_size is None:
-            self.generator_hidden_size = int(round(self.hidden_size * self.generator_size))
-        if self.generator_num_hidden_layers is None:
-            self.generator_num_hidden_layers = int(
+    ARCH: ClassVar[str] = "electra"
+    POSITIVE: ClassVar[tuple[str, ...]] = (*RTDConfig.POSITIVE, "embedding_size", "type_vocab_size")
+
+    def default_generator(self) -> dict[str, int]:
+        """Width round(hidden_size * generator_size), depth round(num_hidden_layers *
+        generator_layers), max(1, width // 64) heads and a 4x feed-forward, as in the paper's
+        code; explicit ``generator_*`` values win."""
+        width = self.generator_hidden_size or int(round(self.hidden_size * self.generator_size))
+        return {
+            "generator_hidden_size": width,
+            "generator_num_hidden_layers": int(
                 round(self.num_hidden_layers * self.generator_layers)
-            )
-        if self.generator_num_attention_heads is None:
-            self.generator_num_attention_heads = max(1, self.generator_hidden_size // 64)
-        if self.generator_intermediate_size is None:
-            self.generator_intermediate_size = 4 * self.generator_hidden_size
-        for name in (
-            "vocab_size",
-            "embedding_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_attention_heads",
-            "intermediate_size",
-            "generator_hidden_size",
-            "generator_num_hidden_layers",
-            "generator_num_attention_heads",
-            "generator_intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"electra config: {name} must be >= 1, got {getattr(self, name)}")
-        for hidden, heads in (
-            ("hidden_size", "num_attention_heads"),
-            ("generator_hidden_size", "generator_num_attention_heads"),
-        ):
-            if getattr(self, hidden) % getattr(self, heads):
-                raise ValueError(
-                    f"electra config: {hidden} {getattr(self, hidden)} is not "
-                    f"divisible by {heads} {getattr(self, heads)}"
-                )
-        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"electra config: {name} must be in [0, 1)")
-        if not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(
-                f"electra config: pad_token_id {self.pad_token_id} outside the vocabulary"
-            )
-        if self.rtd_weight < 0:
-            raise ValueError(f"electra config: rtd_weight must be >= 0, got {self.rtd_weight}")
+            ),
+            "generator_num_attention_heads": max(1, width // 64),
+            "generator_intermediate_size": 4 * width,
+        }
 
 
 PRESETS = {
@@ -350,21 +296,3 @@ def param_counts(model: Model) -> dict[str, int]:
         "discriminator": count_params(model.discriminator),
         "generator": count_params(model.generator),
     }
-
-
-def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
-    """Discriminator (``ElectraForPreTraining``) in ``out_dir``, generator
-    (``ElectraForMaskedLM``) in ``out_dir/generator``."""
-    from pretrain.models.electra_hf import export_hf as _export
-
-    _export(model, out_dir)
-
-
-def import_hf(
-    hf_dir: str | os.PathLike, generator_dir: str | os.PathLike | None = None, **overrides
-) -> Model:
-    """Our model from a local ``ElectraForPreTraining`` (or ``ElectraModel``) directory plus
-    a generator from ``generator_dir``, else ``hf_dir/generator`` when present, else fresh."""
-    from pretrain.models.electra_hf import import_hf as _import
-
-    return _import(hf_dir, generator_dir, **overrides)

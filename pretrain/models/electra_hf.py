@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from pretrain.models.common import load_hf_dir, save_hf_dir
+from pretrain.models.base import BERT_LIKE, check_hf_config
 from pretrain.models.electra import Config, Model
-from pretrain.models.layers import load_converted_state
+from pretrain.models.hf_io import load_converted_state, load_hf_dir, save_hf_dir
 
 # Config fields with the same meaning in HF's ElectraConfig and ours (discriminator side).
 _SHARED = (
@@ -62,19 +62,6 @@ def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
     )
 
 
-def _check_config(cfg: dict, where) -> None:
-    if cfg.get("model_type") != "electra":
-        raise ValueError(f"{where}: model_type is {cfg.get('model_type')!r}, expected 'electra'")
-    for key, want in (
-        ("hidden_act", "gelu"),
-        ("position_embedding_type", "absolute"),
-        ("is_decoder", False),
-        ("tie_word_embeddings", True),
-    ):
-        if cfg.get(key, want) != want:
-            raise ValueError(f"{where}: {key}={cfg[key]!r} is not supported (only {want!r})")
-
-
 def _normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Bare ``ElectraModel`` files have no ``electra.`` prefix; buffers are not parameters."""
     out = {}
@@ -89,7 +76,7 @@ def _normalise_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def import_hf(hf_dir, generator_dir=None, **overrides) -> Model:
     dcfg, dstate = load_hf_dir(hf_dir)
-    _check_config(dcfg, hf_dir)
+    check_hf_config(dcfg, hf_dir, "electra", BERT_LIKE)
     dstate = _normalise_keys(dstate)
     if any(k.startswith("generator_") for k in dstate):
         raise ValueError(
@@ -108,7 +95,7 @@ def import_hf(hf_dir, generator_dir=None, **overrides) -> Model:
 
     if generator_dir is not None:
         gcfg, gstate = load_hf_dir(generator_dir)
-        _check_config(gcfg, generator_dir)
+        check_hf_config(gcfg, generator_dir, "electra", BERT_LIKE)
         for key in _SHARED[:4]:  # must agree for the embeddings to be shareable
             if gcfg.get(key) != dcfg.get(key):
                 raise ValueError(

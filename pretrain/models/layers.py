@@ -184,32 +184,3 @@ def init_bert_weights(module: nn.Module, std: float) -> None:
     init_weights(module, std)
     if isinstance(module, TiedDecoder):
         module.bias.zero_()
-
-
-def load_converted_state(
-    model: nn.Module,
-    state: dict[str, torch.Tensor],
-    source: str,
-    allow_missing: tuple[str, ...] = (),
-) -> None:
-    """Load ``state`` into ``model`` exactly: every model key present (except names starting
-    with one of ``allow_missing``, which keep their fresh initialisation), no unknown key, equal
-    shapes. Errors list the offending keys in one line."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(allow_missing)]
-    unknown = [k for k in state if k not in own]
-    if missing or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {', '.join(missing)}")
-        if unknown:
-            parts.append(f"unknown keys: {', '.join(unknown)}")
-        raise ValueError(f"{source}: checkpoint does not match the model; {'; '.join(parts)}")
-    bad = [
-        f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if v.shape != own[k].shape
-    ]
-    if bad:
-        raise ValueError(f"{source}: shape mismatch: {'; '.join(bad)}")
-    model.load_state_dict(state, strict=False)

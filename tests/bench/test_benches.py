@@ -183,7 +183,7 @@ def test_quality_hf_side_is_the_same_network(arch, tmp_path, monkeypatch):
     sharing embeddings) computes our sums, RTD counts included, given our weights."""
     import transformers
 
-    from pretrain.models import arch_module, build_model, electra
+    from pretrain.models import build_model, electra, hf_module
 
     q = _bench_module("quality_hf")
     pick = torch.no_grad()(lambda logits: logits.float().argmax(-1))
@@ -192,7 +192,7 @@ def test_quality_hf_side_is_the_same_network(arch, tmp_path, monkeypatch):
     torch.manual_seed(0)
     extra = {"objective": "mlm"} if arch == "deberta" else {}
     ours = build_model(arch, f"{arch}-debug", vocab_size=400, **extra).eval()
-    arch_module(arch).export_hf(ours, tmp_path)
+    hf_module(arch).export_hf(ours, tmp_path)
     if arch == "electra":
         disc = transformers.ElectraForPreTraining.from_pretrained(tmp_path)
         gen = transformers.ElectraForMaskedLM.from_pretrained(tmp_path / "generator")

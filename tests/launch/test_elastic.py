@@ -22,10 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from pretrain import audit
 from pretrain.checkpoint import complete_tags, read_marker
-from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, synthetic_shards
-from pretrain.trainer import train
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses
+from pretrain.train import audit, train
 
 pytestmark = pytest.mark.slow
 STEPS = 60  # one epoch of these shards is 58 global batches of 16 rows of 32 tokens
@@ -107,8 +106,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def test_nodes_join_and_leave_and_training_resumes_at_each_world_size(tmp_path_factory):
-    shards = synthetic_shards(tmp_path_factory.getbasetemp() / "synthetic-shards")
+def test_nodes_join_and_leave_and_training_resumes_at_each_world_size(shards, tmp_path_factory):
     job = Job(tmp_path_factory.mktemp("elastic"), shards)
     pace = ["max_steps=1000", "debug.step_delay_s=0.1"]  # stopped by the test, step 4
     a = job.node(1, *pace)

@@ -18,8 +18,8 @@ import psutil
 import pytest
 
 from pretrain.checkpoint import complete_tags
-from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, synthetic_shards
-from pretrain.trainer import train
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses
+from pretrain.train import train
 
 pytestmark = pytest.mark.slow
 STEPS = 8
@@ -84,8 +84,7 @@ def test_hostfile_example_parses():
     assert list(fetch_hostfile(str(REPO / "launch/hostfile.example")).values()) == [8, 8]
 
 
-def test_two_nodes_a_killed_rank_ends_the_job_and_the_restart_resumes(tmp_path_factory):
-    shards = synthetic_shards(tmp_path_factory.getbasetemp() / "synthetic-shards")
+def test_two_nodes_a_killed_rank_ends_the_job_and_the_restart_resumes(shards, tmp_path_factory):
     base = tmp_path_factory.mktemp("multinode")
     hostfile = base / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")

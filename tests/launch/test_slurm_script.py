@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pretrain.checkpoint import complete_tags
-from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, synthetic_shards
-from pretrain.trainer import train
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses
+from pretrain.train import train
 
 SCRIPT = REPO / "launch/slurm/pretrain.sbatch"
 STEPS = 8
@@ -103,9 +103,10 @@ def _sbatch(env, *args, **kwargs):
 
 
 @pytest.mark.slow
-def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(slurm, tmp_path, tmp_path_factory):
+def test_usr1_checkpoints_requeues_and_the_requeued_job_resumes(
+    shards, slurm, tmp_path, tmp_path_factory
+):
     env, log = slurm
-    shards = synthetic_shards(tmp_path_factory.getbasetemp() / "synthetic-shards")
     run = tmp_path / "run"
     args = ["--config", REPO / "configs/debug-roberta.toml", f"data.shard_dir={shards}"]
     args += [f"run_dir={run}", *COMMON]

@@ -7,17 +7,15 @@ a shard deleted while the run is going."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from data_pipeline.doc_reader import ShardPool
+from data_pipeline.loader import LoaderConfig, PretrainLoader
+from data_pipeline.loader.documents import ShardPool
 from data_pipeline.masking import MaskingConfig
 from data_pipeline.shards import Manifest, load_index
-from data_pipeline.stream import LoaderConfig, PretrainLoader
-from pretrain.testing import REPO, clean_env, free_port, losses, synthetic_shards
+from pretrain.testing import clean_env, deepspeed_command, losses
 
 pytestmark = pytest.mark.slow
 G, M, SEQ = 16, 4, 32
@@ -33,20 +31,7 @@ RUN = [
 
 
 def _launch(shards, run, *extra: str) -> subprocess.Popen:
-    cmd = [
-        str(Path(sys.executable).parent / "deepspeed"),
-        "--num_gpus",
-        "2",
-        "--master_port",
-        str(free_port()),
-        str(REPO / "launch/pretrain.sh"),
-        "--config",
-        str(REPO / "configs/debug-roberta.toml"),
-        f"data.shard_dir={shards}",
-        f"run_dir={run}",
-        *RUN,
-        *extra,
-    ]
+    cmd = deepspeed_command(shards, run, *RUN, *extra)
     return subprocess.Popen(
         cmd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -62,20 +47,9 @@ def _one_error(proc: subprocess.Popen, timeout: float = 120) -> str:
     return ours[0]
 
 
-@pytest.fixture
-def shards(tmp_path_factory, tmp_path):
-    src = synthetic_shards(tmp_path_factory.getbasetemp() / "synthetic-shards")
-    dst = tmp_path / "shards"
-    dst.mkdir()
-    for p in src.iterdir():
-        if p.is_file():
-            (dst / p.name).write_bytes(p.read_bytes())
-    return dst
-
-
-def test_an_unreadable_manifest_is_one_line_from_rank_0(shards, tmp_path):
-    (shards / "manifest.json").write_text("{garbage")
-    line = _one_error(_launch(shards, tmp_path / "run"))
+def test_an_unreadable_manifest_is_one_line_from_rank_0(shards_copy, tmp_path):
+    (shards_copy / "manifest.json").write_text("{garbage")
+    line = _one_error(_launch(shards_copy, tmp_path / "run"))
     assert "manifest.json: unreadable manifest" in line
 
 
@@ -96,37 +70,39 @@ def _docs_read(shards, rank: int, steps: int) -> list[set]:
     return out
 
 
-def test_damage_only_rank_1_reads_stops_both_ranks_with_one_line(shards, tmp_path):
-    r0, r1 = _docs_read(shards, 0, 6), _docs_read(shards, 1, 6)
+def test_damage_only_rank_1_reads_stops_both_ranks_with_one_line(shards_copy, tmp_path):
+    r0, r1 = _docs_read(shards_copy, 0, 6), _docs_read(shards_copy, 1, 6)
     # The first step from 2 on where rank 1 reads a document rank 0 has not read by then.
     step, (sid, doc) = next(
         (s + 1, sorted(r1[s] - set().union(*r0[: s + 1]) - set().union(*r1[:s]))[0])
         for s in range(1, 6)
         if r1[s] - set().union(*r0[: s + 1]) - set().union(*r1[:s])
     )
-    info = Manifest.load(shards).split("train")[sid]
-    offset = int(load_index(shards, info)[doc, 0])
-    with open(shards / info.name, "r+b") as f:  # same size: the start-up check passes
+    info = Manifest.load(shards_copy).split("train")[sid]
+    offset = int(load_index(shards_copy, info)[doc, 0])
+    with open(shards_copy / info.name, "r+b") as f:  # same size: the start-up check passes
         f.seek(offset)
         byte = f.read(1)
         f.seek(offset)
         f.write(bytes([byte[0] ^ 0xFF]))
     started = time.monotonic()
-    line = _one_error(_launch(shards, tmp_path / "run", "data.num_workers=1"))
+    line = _one_error(_launch(shards_copy, tmp_path / "run", "data.num_workers=1"))
     assert line.startswith(f"error: rank 1: data: {info.name}: document {doc}: member ")
     assert "fails its crc32" in line and "data.on_corrupt=skip" in line
     assert max(losses(tmp_path / "run"), default=0) == step - 1  # stopped at that step
     assert time.monotonic() - started < 60
 
 
-def test_a_shard_deleted_mid_run_is_one_line(shards, tmp_path):
+def test_a_shard_deleted_mid_run_is_one_line(shards_copy, tmp_path):
     run = tmp_path / "run"
-    proc = _launch(shards, run, "max_steps=40", "debug.step_delay_s=0.2", "data.shuffle_block=1")
+    proc = _launch(
+        shards_copy, run, "max_steps=40", "debug.step_delay_s=0.2", "data.shuffle_block=1"
+    )
     deadline = time.monotonic() + 120
     while not ((run / "metrics.jsonl").is_file() and losses(run)) and time.monotonic() < deadline:
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         time.sleep(0.05)
-    for info in Manifest.load(shards).split("train"):  # open ones stay readable (Linux)
-        (shards / info.name).unlink()
+    for info in Manifest.load(shards_copy).split("train"):  # open ones stay readable (Linux)
+        (shards_copy / info.name).unlink()
     line = _one_error(proc)
     assert "unreadable mid-run: cannot open (No such file or directory)" in line

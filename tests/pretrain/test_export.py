@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
-import types
 from pydoc_data.topics import topics
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from data_pipeline.common import UnsafeFileError
 from data_pipeline.tokenizer import Tokenizer
+from pretrain import export
 from pretrain.cli import main as cli
 from pretrain.export import export_model
-from pretrain.models import deberta, electra, roberta
-from pretrain.models.common import UnsafeFileError
+from pretrain.models import deberta, deberta_hf, electra, roberta, roberta_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -118,9 +117,7 @@ def test_cli_export_of_a_run_goes_through_load_run_model(tok_dir, tmp_path, monk
         calls.append(run_dir)
         return model, tok_dir
 
-    fake = types.ModuleType("pretrain.checkpoint")
-    fake.load_run_model = load_run_model
-    monkeypatch.setitem(sys.modules, "pretrain.checkpoint", fake)
+    monkeypatch.setattr(export, "load_run_model", load_run_model)
     assert cli(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     assert calls == [run]
     state = load_file(tmp_path / "hf" / "model.safetensors")
@@ -212,7 +209,7 @@ def test_hf_weight_files_that_would_run_code_are_refused(tok_dir, spm_tok_dir, t
         {"roberta.embeddings.word_embeddings.weight": Payload(marker)}, out / "pytorch_model.bin"
     )
     with pytest.raises(UnsafeFileError, match="pytorch_model.bin: refused to load: it references"):
-        roberta.import_hf(out)
+        roberta_hf.import_hf(out)
     for argv in (
         ["fill-mask", "--model", str(out), "a <mask>"],
         ["export", "--model-dir", str(out), "--out", str(tmp_path / "again")],
@@ -222,7 +219,7 @@ def test_hf_weight_files_that_would_run_code_are_refused(tok_dir, spm_tok_dir, t
         assert err.startswith("error: ") and "\n" not in err and "posix.system" in err, err
     (out / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload(marker)}))  # bare pickle
     with pytest.raises(UnsafeFileError, match="refused to load"):
-        roberta.import_hf(out)
+        roberta_hf.import_hf(out)
     tok = Tokenizer.load(spm_tok_dir)
     model = deberta.Model(
         deberta.Config(**deberta.PRESETS["deberta-debug"], vocab_size=tok.vocab_size)
@@ -232,7 +229,7 @@ def test_hf_weight_files_that_would_run_code_are_refused(tok_dir, spm_tok_dir, t
         (d / f).unlink()
     torch.save({"x": Payload(marker)}, d / "pytorch_model.generator.bin")
     with pytest.raises(UnsafeFileError, match="generator.bin: refused to load"):
-        deberta.import_hf(d)
+        deberta_hf.import_hf(d)
     assert not marker.exists()
     torch.load(d / "pytorch_model.generator.bin", weights_only=False)  # it is a real payload
     assert marker.exists()

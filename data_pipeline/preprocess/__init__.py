@@ -1,0 +1,12 @@
+"""Preprocessing: a corpus into shards, on one process, local workers or MPI ranks.
+
+``run(PreprocessConfig)`` is the entry point (``pipeline``). The input is cut into work
+units by size alone (``partition``), each unit is tokenised and written to its own shards
+by whoever takes it (``units``), ranks are MPI processes or one local stand-in (``mpi``),
+and the output directory is claimed, resumed and finished with the manifest by
+``out_dir``. The shard files are byte-identical for any number of ranks or workers.
+"""
+
+from data_pipeline.preprocess.pipeline import PreprocessConfig, run
+
+__all__ = ["PreprocessConfig", "run"]

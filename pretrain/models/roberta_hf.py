@@ -1,0 +1,88 @@
+"""RoBERTa <-> Hugging Face directories (``RobertaForMaskedLM``; also reads ``RobertaModel``).
+
+Our parameter names are HF's, so conversion checks the config, names and shapes and copies
+tensors unchanged: an import followed by an export reproduces the original tensors.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import asdict
+
+import torch
+
+from pretrain.models.base import BERT_LIKE, check_hf_config, config_kwargs
+from pretrain.models.hf_io import load_converted_state, load_hf_dir, save_hf_dir
+from pretrain.models.roberta import Config, Model
+
+
+def hf_config(config: Config, dtype: torch.dtype = torch.float32) -> dict:
+    """``config.json`` contents for ``transformers.RobertaForMaskedLM``."""
+    return {
+        "architectures": ["RobertaForMaskedLM"],
+        "model_type": "roberta",
+        "hidden_act": "gelu",
+        "tie_word_embeddings": True,
+        "dtype": str(dtype).removeprefix("torch."),
+        **asdict(config),
+    }
+
+
+def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
+    """Write ``config.json`` + ``model.safetensors`` loadable by ``RobertaForMaskedLM``."""
+    dtype = model.roberta.embeddings.word_embeddings.weight.dtype
+    save_hf_dir(out_dir, hf_config(model.config, dtype), model.state_dict())
+
+
+def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
+    """Our model initialised from a local ``RobertaForMaskedLM`` or ``RobertaModel`` directory.
+
+    A bare encoder (no ``lm_head.*``) gets a freshly initialised MLM head; its pooler, the
+    tied ``lm_head.decoder.*`` copies and position-id buffers are not parameters here and are
+    dropped. ``overrides`` replace config fields (e.g. dropout); anything else that does not
+    match raises ``ValueError`` naming the keys.
+    """
+    cfg, state = load_hf_dir(hf_dir)
+    check_hf_config(cfg, hf_dir, "roberta", BERT_LIKE)
+    model = Model(Config(**{**config_kwargs(cfg, Config), **overrides}))
+
+    pooler = sorted(k for k in state if k.startswith(("pooler.", "roberta.pooler.")))
+    if pooler:
+        warnings.warn(
+            f"{hf_dir}: pooler not used for MLM pretraining, dropped: {', '.join(pooler)}",
+            stacklevel=2,
+        )
+    state = _normalise_keys(state, hf_dir)
+    fresh_head = not any(k.startswith("lm_head.") for k in state)
+    load_converted_state(
+        model, state, str(hf_dir), allow_missing=("lm_head.",) if fresh_head else ()
+    )
+    if fresh_head:
+        warnings.warn(
+            f"{hf_dir}: no MLM head in the checkpoint; lm_head initialised fresh", stacklevel=2
+        )
+    return model
+
+
+def _normalise_keys(state: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
+    """Map the key variants HF has written over the years onto ``RobertaForMaskedLM``'s."""
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("embeddings.", "encoder.", "pooler.")):  # RobertaModel: no prefix
+            key = "roberta." + key
+        if key.endswith((".position_ids", ".token_type_ids")) or key.startswith("roberta.pooler."):
+            continue  # buffers and the unused pooler
+        out[key] = value
+    # Older files also store the tied decoder; accept it only if it really is tied.
+    for key, twin in (
+        ("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
+        ("lm_head.decoder.bias", "lm_head.bias"),
+    ):
+        if key in out:
+            tied = out.pop(key)
+            if twin in out and not torch.equal(tied, out[twin]):
+                raise ValueError(
+                    f"{source}: {key} differs from {twin}; untied heads are not supported"
+                )
+    return out

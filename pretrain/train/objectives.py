@@ -1,0 +1,155 @@
+"""Loss normalisation: sums from the model, divided by GLOBAL counts of predicted tokens.
+
+Models return loss *sums* and counts (``pretrain.models``). For one optimizer step made of
+A micro-batches on each of W ranks, the objective is
+
+    MLM:  L = S_mlm / N_mlm
+    RTD:  L = S_mlm / N_mlm + rtd_weight * S_rtd / N_rtd
+
+where S_* sum over all micro-batches and ranks and N_* are the global numbers of
+predicted tokens (labels != -100 for MLM, real tokens for RTD). Averaging per micro-batch
+instead would weight a token by how full its micro-batch happens to be.
+
+DeepSpeed divides each micro-batch loss by A (``scale_wrt_gas``) and averages gradients
+over W ranks, so the loss handed to ``engine.backward`` is multiplied by A * W: the
+resulting gradient is exactly dL/dtheta. ``tests/pretrain/train/test_loop.py`` checks this
+numerically against a single full-batch backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+IGNORE_INDEX = -100
+SUM_KEYS = (
+    "mlm_loss",
+    "mlm_correct",
+    "mlm_count",
+    "rtd_loss",
+    "rtd_correct",
+    "rtd_count",
+    "rtd_replaced",  # real tokens the generator's sample changed (positives of RTD)
+    "rtd_true_pos",  # ... of which the discriminator flagged
+    "rtd_pred_pos",  # real tokens the discriminator flagged
+)
+# Model output of each RTD count in SUM_KEYS (after the loss sum).
+_RTD_COUNTS = ("rtd_correct", "rtd_count", "replaced_count", "rtd_true_pos", "rtd_pred_pos")
+
+
+def local_counts(batches: Sequence[dict]) -> torch.Tensor:
+    """(N_mlm, N_tokens) of this rank's micro-batches, float64 (exact up to 2**53)."""
+    n_mlm = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
+    n_tok = sum(int(b["attention_mask"].sum()) for b in batches)
+    return torch.tensor([n_mlm, n_tok], dtype=torch.float64)
+
+
+class Objective:
+    """Scales micro-batch losses for the backward pass and accumulates exact metrics.
+
+    ``set_step(global_counts, grad_accum, world_size)`` once per optimizer step (before the
+    first backward), then ``loss(outputs)`` per micro-batch. The metric sums accumulate
+    over steps until ``take_sums()``; the trainer all-reduces them once per logged step.
+    """
+
+    def __init__(self, rtd: bool, rtd_weight: float = 1.0):
+        self.rtd, self.rtd_weight = rtd, float(rtd_weight)
+        self._scale_mlm = self._scale_rtd = 0.0
+        self._inv_mlm = self._inv_rtd = 0.0
+        self._sums: torch.Tensor | None = None
+        self.steps = 0
+
+    def set_step(self, global_counts: torch.Tensor, grad_accum: int, world_size: int) -> None:
+        n_mlm, n_tok = (float(x) for x in global_counts.tolist())
+        # A step with nothing to predict has zero loss sums; max(., 1) keeps them finite.
+        self._inv_mlm, self._inv_rtd = 1.0 / max(n_mlm, 1.0), 1.0 / max(n_tok, 1.0)
+        self._scale_mlm = grad_accum * world_size * self._inv_mlm
+        self._scale_rtd = grad_accum * world_size * self._inv_rtd * self.rtd_weight
+        self.steps += 1
+
+    def loss(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The loss to hand to ``engine.backward`` for one micro-batch's model outputs."""
+        loss = out["mlm_loss_sum"] * self._scale_mlm
+        if self.rtd:
+            loss = loss + out["rtd_loss_sum"] * self._scale_rtd
+        self._accumulate(out)
+        return loss
+
+    def _accumulate(self, out: dict[str, torch.Tensor]) -> None:
+        # Loss terms are stored already normalised by this step's global count, so that
+        # their all-reduced sum is the exact global loss of the step (averaged over steps).
+        vals = [
+            out["mlm_loss_sum"].detach().double() * self._inv_mlm,
+            out["mlm_correct"],
+            out["mlm_count"],
+        ]
+        if self.rtd:
+            vals += [out["rtd_loss_sum"].detach().double() * self._inv_rtd]
+            vals += [out[k] for k in _RTD_COUNTS]
+        else:
+            vals += [0.0] * (1 + len(_RTD_COUNTS))
+        device = out["mlm_loss_sum"].device
+        vec = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in vals])
+        self._sums = vec if self._sums is None else self._sums + vec
+
+    def take_sums(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, int]:
+        """(local sums vector in ``SUM_KEYS`` order, steps) since the last call; resets."""
+        sums = (
+            self._sums
+            if self._sums is not None
+            else torch.zeros(len(SUM_KEYS), dtype=torch.float64)
+        )
+        steps, self._sums, self.steps = self.steps, None, 0
+        return sums.to(device), steps
+
+    def metrics(self, global_sums: torch.Tensor, steps: int) -> dict[str, float]:
+        """Logged values from all-reduced sums over ``steps`` optimizer steps."""
+        s = dict(zip(SUM_KEYS, global_sums.tolist(), strict=True))
+        steps = max(steps, 1)
+        m = {
+            "mlm_loss": s["mlm_loss"] / steps,
+            "mlm_acc": s["mlm_correct"] / max(s["mlm_count"], 1.0),
+        }
+        if self.rtd:
+            m["rtd_loss"] = s["rtd_loss"] / steps
+            m.update(_rtd_rates(s))
+            m["loss"] = m["mlm_loss"] + self.rtd_weight * m["rtd_loss"]
+        else:
+            m["loss"] = m["mlm_loss"]
+        return {"loss": m.pop("loss"), **m}
+
+
+def eval_metrics(global_sums: torch.Tensor, rtd: bool, rtd_weight: float) -> dict[str, float]:
+    """Validation metrics from all-reduced raw sums (``SUM_KEYS`` order, losses unnormalised)."""
+    s = dict(zip(SUM_KEYS, global_sums.tolist(), strict=True))
+    m = {
+        "eval_mlm_loss": s["mlm_loss"] / max(s["mlm_count"], 1.0),
+        "eval_mlm_acc": s["mlm_correct"] / max(s["mlm_count"], 1.0),
+    }
+    loss = m["eval_mlm_loss"]
+    if rtd:
+        m["eval_rtd_loss"] = s["rtd_loss"] / max(s["rtd_count"], 1.0)
+        m.update({f"eval_{k}": v for k, v in _rtd_rates(s).items()})
+        loss += rtd_weight * m["eval_rtd_loss"]
+    return {"eval_loss": loss, **m}
+
+
+def _rtd_rates(s: dict[str, float]) -> dict[str, float]:
+    """Accuracy over real tokens, precision and recall on the replaced ones, and the replaced
+    share (1 - share is the accuracy of always answering "original": the majority class)."""
+    return {
+        "rtd_acc": s["rtd_correct"] / max(s["rtd_count"], 1.0),
+        "rtd_precision": s["rtd_true_pos"] / max(s["rtd_pred_pos"], 1.0),
+        "rtd_recall": s["rtd_true_pos"] / max(s["rtd_replaced"], 1.0),
+        "rtd_replaced": s["rtd_replaced"] / max(s["rtd_count"], 1.0),
+    }
+
+
+def raw_sums(out: dict[str, torch.Tensor], rtd: bool) -> torch.Tensor:
+    """One micro-batch's unnormalised sums in ``SUM_KEYS`` order (for evaluation)."""
+    keys = ["mlm_loss_sum", "mlm_correct", "mlm_count"]
+    keys += ["rtd_loss_sum", *_RTD_COUNTS] if rtd else []
+    vals = [out[k].detach().double() for k in keys]
+    vals += [out["mlm_loss_sum"].new_zeros((), dtype=torch.float64)] * (len(SUM_KEYS) - len(keys))
+    return torch.stack(vals)
