@@ -265,6 +265,27 @@ def tail(text: str, n: int = 8) -> str:
 
 
 @dataclass
+class Tally:
+    """Exact trials and the sample audit's counts over the trials of one case."""
+
+    exact: int = 0
+    lost: int = 0
+    repeated: int = 0
+
+    def add(self, exact: bool, run_dir: Path) -> dict:
+        """Count one finished trial; returns its audit report."""
+        au = audit(run_dir)
+        self.exact += bool(exact)
+        self.lost += au["lost"] or 0
+        self.repeated += au["repeated"] or 0
+        return au
+
+    def fill(self, row: Row, note: str = "") -> None:
+        row.exact = f"{self.exact}/{row.trials}{note}"
+        row.lost = f"{self.lost} ({self.repeated} repeated)"
+
+
+@dataclass
 class Row:
     case: str
     trials: int = 0
@@ -344,7 +365,7 @@ class Bench:
         first = self.every + 1  # kills land after the first checkpoint is complete
         for workers in (0, 2):
             row = Row(f"kill -9 of the process group at a random step, {workers} workers")
-            n_exact, lost, repeated, redone, gone = 0, 0, 0, [], []
+            tally, redone, gone = Tally(), [], []
             for t in range(trials):
                 stage = t % 2
                 ref = self.reference(stage, workers)
@@ -384,10 +405,7 @@ class Bench:
                     self.problem(row.case, again, "the resumed run failed")
                     continue
                 ok, detail = compare(record(d / "run"), ref)
-                au = audit(d / "run")
-                n_exact += ok
-                lost += au["lost"] or 0
-                repeated += au["repeated"] or 0
+                au = tally.add(ok, d / "run")
                 if frm is not None:
                     redone.append(at - frm)
                 if not ok:
@@ -403,8 +421,7 @@ class Bench:
                     f"({time.monotonic() - t0:.1f} s)",
                     flush=True,
                 )
-            row.exact = f"{n_exact}/{row.trials}"
-            row.lost = f"{lost} ({repeated} repeated)"
+            tally.fill(row)
             self.rows.append(row)
             if redone:
                 self.notes.append(
@@ -419,7 +436,7 @@ class Bench:
 
         row = Row("kill during a checkpoint save (`debug.exit_during_save_step`)")
         saves = list(range(2 * self.every, self.steps, self.every))  # a previous one exists
-        n_exact, lost, repeated = 0, 0, 0
+        tally = Tally()
         for t in range(trials):
             stage, workers = t % 2, 2 * (t % 2)
             ref = self.reference(stage, workers)
@@ -449,10 +466,7 @@ class Bench:
                 self.problem(row.case, again, "the resumed run failed")
                 continue
             ok, detail = compare(record(d / "run"), ref)
-            au = audit(d / "run")
-            n_exact += ok and frm == at - self.every
-            lost += au["lost"] or 0
-            repeated += au["repeated"] or 0
+            au = tally.add(ok and frm == at - self.every, d / "run")
             if not ok or frm != at - self.every:
                 self.problem(row.case, again, f"resumed from {frm}, {detail}")
             print(
@@ -461,8 +475,7 @@ class Bench:
                 f"{au['lost']} lost, {au['repeated']} repeated ({job.seconds + again.seconds:.1f} s)",
                 flush=True,
             )
-        row.exact = f"{n_exact}/{row.trials}"
-        row.lost = f"{lost} ({repeated} repeated)"
+        tally.fill(row)
         self.rows.append(row)
 
     # -- 3. 2 -> 1 -> 2 ranks -------------------------------------------------------------
@@ -475,7 +488,7 @@ class Bench:
             "model.overrides.attention_probs_dropout_prob=0.0",
         )
         ref = self.reference(1, 0, *nodrop)
-        n_exact, lost, repeated, worst = 0, 0, 0, []
+        tally, worst = Tally(), []
         # (SIGTERM once this step is logged, steps on one rank): distinct for every trial
         plans = [(a, b) for a in range(2, self.steps // 2) for b in (2, 3)]
         self.rng.shuffle(plans)
@@ -515,10 +528,7 @@ class Bench:
             ok, detail = compare(record(d / "run"), ref, tol=1e-5)
             m = re.search(r"max rel\. diff (\S+)", detail)
             worst.append(float(m.group(1)) if m else 0.0)
-            au = audit(d / "run")
-            n_exact += ok
-            lost += au["lost"] or 0
-            repeated += au["repeated"] or 0
+            au = tally.add(ok, d / "run")
             if not ok:
                 self.problem(row.case, two, f"trial {t}: not within 1e-5: {detail}")
             if not au["ok"]:
@@ -530,10 +540,7 @@ class Bench:
                 f"repeated ({time.monotonic() - t0:.1f} s)",
                 flush=True,
             )
-        row.exact = f"{n_exact}/{row.trials} within 1e-5" + (
-            f" (max rel. diff {max(worst):.0e})" if worst else ""
-        )
-        row.lost = f"{lost} ({repeated} repeated)"
+        tally.fill(row, " within 1e-5" + (f" (max rel. diff {max(worst):.0e})" if worst else ""))
         self.rows.append(row)
 
     # -- 4. damaged data --------------------------------------------------------------------
