@@ -87,8 +87,20 @@ class StopSignal:
 class Policies:
     """The loop's decisions (see the module docstring)."""
 
-    def __init__(self, cfg, engine, loader, objective, state: TrainState, recorders, *,
-                 has_val: bool, resumed: bool, flops_per_token: float, peak: float | None):  # fmt: skip
+    def __init__(
+        self,
+        cfg,
+        engine,
+        loader,
+        objective,
+        state: TrainState,
+        recorders,
+        *,
+        has_val: bool,
+        resumed: bool,
+        flops_per_token: float,
+        peak: float | None,
+    ):
         """``recorders``: the session's ``logger``, ``progress`` and ``timer``; ``has_val``:
         there is a validation split; ``resumed``: the run continues from a checkpoint."""
         self.cfg, self.engine, self.loader, self.objective = cfg, engine, loader, objective

@@ -117,7 +117,9 @@ class Session:
             check_zero_stage(point, cfg.zero.stage)
             if changes := model_changes(point, model_json(cfg.model.arch, model.config)):
                 if d.rank == 0:
-                    print(f"note: model settings changed since the checkpoint: {changes}")
+                    print(
+                        f"note: model settings changed since the checkpoint: {changes}", flush=True
+                    )
         return point, clear, model
 
     def _build(self, model, point: ResumePoint | None) -> bool:
