@@ -140,3 +140,30 @@ def si(x: float | None, unit: str = "", digits: int = 2) -> str:
         if abs(x) >= scale:
             return f"{x / scale:.{digits}f} {prefix}{unit}"
     return f"{x:.{digits}f} {unit}".rstrip()
+
+
+# The presets the model and training benches compare with HF, per device (quick: the debug
+# presets, to check a bench works). Base sizes on GPU; on CPU the small members of each family.
+PRESETS = {
+    "cpu": {
+        "roberta": "roberta-base",
+        "electra": "electra-small",
+        "deberta": "deberta-v3-xsmall",
+        "bert": "bert-base",
+        "albert": "albert-base",
+    },
+    "cuda": {
+        "roberta": "roberta-base",
+        "electra": "electra-base",
+        "deberta": "deberta-v3-base",
+        "bert": "bert-base",
+        "albert": "albert-base",
+    },
+    "quick": {
+        "roberta": "roberta-debug",
+        "electra": "electra-debug",
+        "deberta": "deberta-debug",
+        "bert": "bert-debug",
+        "albert": "albert-debug",
+    },
+}

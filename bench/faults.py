@@ -608,13 +608,14 @@ class Bench:
     def flip(self, shards: Path) -> tuple[str, int]:
         """XOR 64 bytes at the middle of a train shard (inside the record that holds the
         middle byte); returns (shard name, document)."""
-        from data_pipeline.shards import Manifest, load_index
+        from data_pipeline.shards import Manifest, index_layout, load_index
 
         info = Manifest.load(shards).split("train")[0]
         index = load_index(shards, info)
         mid = info.bytes // 2
-        if index.shape[1] > 8:  # format 2: the record [record_offset, record_end) of each doc
-            starts, ends = index[:, 5], index[:, 8]
+        if index.shape[1] > 8:  # format >= 2: the record [record_offset, record_end)
+            lay = index_layout(index)
+            starts, ends = index[:, lay.record_offset], index[:, lay.record_end]
         else:
             starts, ends = index[:, 0], index[:, 0] + 2 * index[:, 1]
         inside = (starts <= mid) & (mid < ends)

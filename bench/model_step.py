@@ -1,20 +1,26 @@
 """Forward + backward time of our models vs the transformers models at equal config.
 
-    python bench/model_step.py [--arch roberta electra deberta] [--device cpu|cuda]
+    python bench/model_step.py [--arch roberta electra deberta bert albert] [--device cpu|cuda]
                                [--seq N] [--batch N] [--steps N] [--quick]
                                [--results FILE] [--no-append]
 
 For each architecture a preset is built (CPU: roberta-base, electra-small,
-deberta-v3-xsmall at seq 128; CUDA: the base presets at seq 512, bf16 weights), exported
-with our ``export_hf`` and loaded back with transformers' classes, so both sides hold the
-same weights and hyper-parameters. One training step (train mode, dropout on) on the same
+deberta-v3-xsmall, bert-base, albert-base at seq 128; CUDA: the base presets at seq 512,
+bf16 weights), exported with our ``export_hf`` and loaded back with transformers' classes,
+so both sides hold the same weights and hyper-parameters. One training step (train mode, dropout on) on the same
 random batch with 15 % of positions labelled:
 
 * RoBERTa / DeBERTa (objective forced to "mlm"): ours ``forward`` -> mlm_loss_sum / count;
   HF ``AutoModelForMaskedLM(labels=...)`` (full-vocabulary logits for every position);
 * ELECTRA: ours ``forward`` (generator MLM, sampling, discriminator); HF
   ``ElectraForMaskedLM`` + Gumbel sampling + ``ElectraForPreTraining`` with shared
-  embeddings, the same loss (gen + 50 * disc). The HF sides are ``bench/hf_models.py``.
+  embeddings, the same loss (gen + 50 * disc);
+* BERT / ALBERT: both sides get the same token types (first half of each row 0, second
+  half 1) and random sentence labels; loss = MLM mean + NSP / SOP mean; HF
+  ``BertForPreTraining`` / ``AlbertForPreTraining`` with ``labels=`` and
+  ``next_sentence_label=`` / ``sentence_order_label=``.
+
+The HF sides are ``bench/hf_models.py``.
 
 Our MLM heads decode only the labelled positions (sparse prediction); that is part of what
 is measured, deliberately. Steps alternate between the two sides so load drift hits both;
@@ -29,22 +35,17 @@ import argparse
 import time
 
 import torch
-from common import add_output_args, emit, load_average, machine, section_start, summarize
+from common import PRESETS, add_output_args, emit, load_average, machine, section_start, summarize
 from hf_models import hf_twin
 
-from pretrain.models import arch_module, find_preset
+from pretrain.models import PAIR_ARCHITECTURES, arch_module, find_preset
 
-PRESETS = {
-    "cpu": {"roberta": "roberta-base", "electra": "electra-small", "deberta": "deberta-v3-xsmall"},
-    "cuda": {"roberta": "roberta-base", "electra": "electra-base", "deberta": "deberta-v3-base"},
-    "quick": {"roberta": "roberta-debug", "electra": "electra-debug", "deberta": "deberta-debug"},
-}
 OVERRIDES = {"deberta": {"objective": "mlm"}}  # HF has no DeBERTa RTD pretraining class
 
 
 def build(arch: str, preset: str, device: torch.device, dtype: torch.dtype):
     """(ours, hf, our_step, hf_step) holding identical weights (``hf_models.hf_twin``);
-    a step function maps (ids, attn, labels) to the loss."""
+    a step function maps (ids, attn, labels[, token_type_ids, sentence_labels]) to the loss."""
     mod = arch_module(arch)
     torch.manual_seed(0)
     kwargs = {**find_preset(preset)[1], **OVERRIDES.get(arch, {})}
@@ -55,9 +56,12 @@ def build(arch: str, preset: str, device: torch.device, dtype: torch.dtype):
     weight = getattr(ours.config, "rtd_weight", 0.0)
 
     def step(model):
-        def loss(ids, attn, labels):
-            out = model(ids, attn, labels)
+        def loss(ids, attn, labels, *pair):
+            kw = dict(zip(("token_type_ids", "sentence_labels"), pair, strict=False))
+            out = model(ids, attn, labels, **kw)
             value = out["mlm_loss_sum"] / out["mlm_count"]
+            if "sentence_loss_sum" in out:  # BERT's NSP / ALBERT's SOP, one mean each
+                value = value + out["sentence_loss_sum"] / out["sentence_count"]
             if "rtd_loss_sum" in out:
                 value = value + weight * out["rtd_loss_sum"] / out["rtd_count"]
             return value
@@ -95,7 +99,9 @@ def timed_pair(steps, modules, batch, n: int, device: torch.device) -> list[dict
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", nargs="+", default=["roberta", "electra", "deberta"])
+    ap.add_argument(
+        "--arch", nargs="+", default=["roberta", "electra", "deberta", "bert", "albert"]
+    )
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--seq", type=int, help="sequence length (cpu 128, cuda 512)")
     ap.add_argument("--batch", type=int, help="sequences per step (cpu 8, cuda 32)")
@@ -125,7 +131,11 @@ def main() -> None:
         g = torch.Generator().manual_seed(1)
         ids = torch.randint(5, ours.config.vocab_size, (bsz, seq), generator=g)
         labels = torch.where(torch.rand(ids.shape, generator=g) < 0.15, ids, -100)
-        batch = [t.to(device) for t in (ids, torch.ones_like(ids), labels)]
+        tensors = [ids, torch.ones_like(ids), labels]
+        if arch in PAIR_ARCHITECTURES:  # token types: A = first half, B = second half
+            types = (torch.arange(seq) >= seq // 2).long().expand(bsz, seq).contiguous()
+            tensors += [types, torch.randint(0, 2, (bsz,), generator=g)]
+        batch = [t.to(device) for t in tensors]
         o, h = timed_pair([our_step, hf_step], [ours, hf], batch, args.steps, device)
         rows.append((arch, preset, o, h))
         print(

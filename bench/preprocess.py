@@ -194,6 +194,8 @@ def main() -> None:
                 str(tok),
                 "--vocab-size",
                 str(args.vocab),
+                "--kind",
+                "spm-bpe",  # the kind the recorded results were measured with
             ]
         )
         rows = {

@@ -81,6 +81,8 @@ def prepare_shards(args) -> Path:
                 str(tok),
                 "--vocab-size",
                 str(args.vocab_size),
+                "--kind",
+                "spm-bpe",  # the kind the recorded results were measured with
             ],
             [
                 "preprocess",
@@ -116,6 +118,9 @@ def side_config(args, shards: Path, side: dict, seed: int, run_dir: Path):
         f"data.attend_within_document={'true' if side['attention'] == 'doc' else 'false'}",
         f"model.arch={arch}",
         f"model.preset={arch}-debug",
+        # One tokenizer for every architecture, so that all sides see the same tokens (the
+        # comparison is of models and objectives, not of vocabularies).
+        'data.tokenizer_mismatch="warn"',
         "eval.every_steps=0",
         "eval.at_end=false",
         "eval.at_start=false",
@@ -269,7 +274,7 @@ class Window:
         self.objective, self.steps = Objective(rtd, rtd_weight), 0
 
     def add(self, out: dict) -> None:
-        counts = torch.tensor([float(out["mlm_count"]), float(out.get("rtd_count", 1))])
+        counts = torch.tensor([float(out["mlm_count"]), float(out.get("rtd_count", 1)), 0.0])
         self.objective.set_step(counts, 1, 1)
         self.objective.loss(out)
         self.steps += 1

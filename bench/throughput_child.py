@@ -1,13 +1,13 @@
 """One side of ``bench/train_throughput.py``: train one model for a few steps the way the
 trainer does, and report timings.
 
-``run(spec) -> dict`` builds a ``RunConfig`` from ``spec`` (shard directory, model preset and
-overrides, batch, precision, ZeRO stage, loader workers), the model exactly as
-``pretrain.train.session`` builds it (ours: plus ``pretrain.train.perf``; HF: ``hf_models.hf_twin`` of
-ours, same weights), a ``PretrainLoader`` and a ``pretrain.engine.Engine`` (so both sides
-get the identical DeepSpeed config and optimizer), then runs ``pretrain.train.loop.train_step``
-``warmup + steps`` times, timing each optimizer step (device synchronised) and the time
-blocked on the loader. Run as ``python bench/throughput_child.py SPEC.json`` it prints the
+``run(spec) -> dict`` builds a ``RunConfig`` from ``spec`` (shard directory, packing and pair
+task, model preset and overrides, batch, precision, ZeRO stage, loader workers), the model
+exactly as ``pretrain.train.session`` builds it (ours: plus ``pretrain.train.perf``; HF:
+``hf_models.hf_twin`` of ours, same weights), a ``PretrainLoader`` and a
+``pretrain.engine.Engine`` (so both sides get the identical DeepSpeed config and optimizer,
+AdamW), then runs ``pretrain.train.loop.train_step`` ``warmup + steps`` times, timing each
+optimizer step (device synchronised) and the time blocked on the loader. Run as ``python bench/throughput_child.py SPEC.json`` it prints the
 result as a ``RESULT {json}`` line (the parent runs every side in a fresh process, so peak
 memory and compilation caches are the side's own).
 """
@@ -38,7 +38,8 @@ def run_config(spec: dict, run_dir: str):
             "data": {
                 "shard_dir": spec["shard_dir"],
                 "seq_len": spec["seq"],
-                "packing": "full",
+                "packing": spec.get("packing", "full"),
+                **({"pair_task": spec["pair_task"]} if spec.get("pair_task") else {}),
                 "num_workers": spec["workers"],
                 "attend_within_document": spec["attend_within_document"],
             },
@@ -51,7 +52,8 @@ def run_config(spec: dict, run_dir: str):
             "batch": {"global_batch_size": spec["global_batch"], "micro_batch_size": spec["micro"]},
             "precision": {"dtype": spec["precision"]},
             "zero": {"stage": spec["zero"]},
-            "optimizer": {"lr": 1e-4, "impl": spec["optimizer_impl"]},
+            # AdamW on every side (ALBERT's configs use LAMB, which needs ZeRO 0).
+            "optimizer": {"name": "adamw", "lr": 1e-4, "impl": spec["optimizer_impl"]},
             "schedule": {"kind": "constant"},
             "logging": {"tensorboard": False, "progress": False},
         }
@@ -94,7 +96,8 @@ def run(spec: dict) -> dict:
         G, M = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
         loader = PretrainLoader(cfg.data, cfg.masking, G, M, dist.rank, dist.world_size)
         engine = eng.Engine(model, cfg, dist, lr_multiplier("constant", 0, cfg.max_steps))
-        objective = Objective(rtd, weight)
+        pair_task = cfg.data.pair_task if cfg.data.packing == "pairs" else None
+        objective = Objective(rtd, weight, pair_task)  # as pretrain.train.session
         seed_all(cfg.seed + 1)
         device = engine.device
         it, timer = iter(loader), StepTimer()
@@ -110,7 +113,7 @@ def run(spec: dict) -> dict:
                 timer.data_start()
                 batches = [next(it) for _ in range(engine.grad_accum)]
                 timer.data_end()
-                result = train_step(engine, objective, batches, cfg.data.attend_within_document)
+                result = train_step(engine, objective, batches, cfg.data.attention_segments())
                 _sync(device)
                 stats = timer.step_end()
                 if i >= spec["warmup"]:

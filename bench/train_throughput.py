@@ -1,7 +1,8 @@
 """End-to-end training throughput through DeepSpeed: ours next to transformers, same run.
 
-    python bench/train_throughput.py [--device cpu|cuda] [--arch roberta deberta electra]
-        [--presets cpu|cuda] [--steps N] [--warmup N] [--seq N] [--micro N] [--accum N]
+    python bench/train_throughput.py [--device cpu|cuda]
+        [--arch roberta deberta electra bert albert] [--presets cpu|cuda] [--steps N]
+        [--warmup N] [--seq N] [--micro N] [--accum N]
         [--precision fp32|bf16] [--zero STAGE] [--optimizer-impl torch|deepspeed|auto]
         [--workers N] [--threads N] [--compile | --no-compile]
         [--attend-within-document 0|1] [--budget-s S] [--extras] [--quick] [--in-process]
@@ -16,10 +17,14 @@ the trainer's ``train_step``, with the same batch, sequence length, precision an
 * ours: ``pretrain.models`` plus ``pretrain.train.perf`` (fixed-capacity sparse MLM head;
   ``--compile``: torch.compile of the blocks, default on CUDA);
 * HF: ``RobertaForMaskedLM``, ``ElectraForMaskedLM`` + ``ElectraForPreTraining`` (RTD written
-  around them: full-vocabulary logits, sampling, BCE), ``DebertaV2ForMaskedLM``; same
-  weights (``bench/hf_models.py``). DeBERTa runs the MLM objective on both sides (HF has no
-  DeBERTa RTD) and, on CUDA, ours uses FlexAttention (``attention_impl="flex"``), which has
-  no attention-probability dropout, so that dropout is 0 on both sides there.
+  around them: full-vocabulary logits, sampling, BCE), ``DebertaV2ForMaskedLM``,
+  ``BertForPreTraining`` / ``AlbertForPreTraining`` (``labels=`` and the sentence label);
+  same weights (``bench/hf_models.py``). DeBERTa runs the MLM objective on both sides (HF has
+  no DeBERTa RTD) and, on CUDA, ours uses FlexAttention (``attention_impl="flex"``), which
+  has no attention-probability dropout, so that dropout is 0 on both sides there.
+* BERT / ALBERT train on sentence pairs on both sides (``data.packing = "pairs"``, task NSP /
+  SOP: one ``[CLS] A [SEP] B [SEP]`` row each, token types and a sentence label), with AdamW
+  at ZeRO 1 like the others (ALBERT's own recipe, LAMB at ZeRO 0, is not what is compared).
 
 Reported per side: tokens/s (rows x seq_len per optimizer step over the median step time),
 MFU = tokens/s x F / peak, with F = ``pretrain.metrics.flops.model_flops_per_token`` of OUR model
@@ -27,8 +32,8 @@ MFU = tokens/s x F / peak, with F = ``pretrain.metrics.flops.model_flops_per_tok
 applied to both sides, so the MFU ratio is exactly the time ratio; peak memory (CUDA: peak
 allocated; CPU: peak RSS of the side's process); and the share of step time blocked on the
 loader. Every side runs in a fresh process (``--in-process``: one process, for tests).
-Defaults: CPU: roberta-base, electra-small, deberta-v3-xsmall, fp32, seq 128, micro 4 x
-accumulation 2, one torch thread per side (on a shared machine, multi-threaded steps stall
+Defaults: CPU: roberta-base, electra-small, deberta-v3-xsmall, bert-base, albert-base, fp32,
+seq 128, micro 4 x accumulation 2, one torch thread per side (on a shared machine, multi-threaded steps stall
 whenever another process takes a core; one thread keeps the ratio meaningful); CUDA: the
 base presets, bf16, seq 512, micro 32 x 2, torch.compile on. Both: ZeRO stage 1 (as the
 base configs), torch's AdamW on both sides (DeepSpeed's FusedAdam would need nvcc to
@@ -51,14 +56,20 @@ import time
 from pathlib import Path
 
 import throughput_child
-from common import HERE, add_output_args, emit, load_average, machine, section_start, si, table
+from common import (
+    HERE,
+    PRESETS,
+    add_output_args,
+    emit,
+    load_average,
+    machine,
+    section_start,
+    si,
+    table,
+)
 
-PRESETS = {
-    "cpu": {"roberta": "roberta-base", "electra": "electra-small", "deberta": "deberta-v3-xsmall"},
-    "cuda": {"roberta": "roberta-base", "electra": "electra-base", "deberta": "deberta-v3-base"},
-    "quick": {"roberta": "roberta-debug", "electra": "electra-debug", "deberta": "deberta-debug"},
-}
-VOCAB = {"roberta": 50265, "electra": 30522, "deberta": 128100}  # each preset's own
+VOCAB = {"roberta": 50265, "electra": 30522, "deberta": 128100, "bert": 30522, "albert": 30000}
+PAIR_TASK = {"bert": "nsp", "albert": "sop"}  # sentence-pair rows (data.packing = "pairs")
 
 
 def write_shards(root: Path, arch: str, vocab: int, quick: bool) -> str:
@@ -94,6 +105,8 @@ def sides(args, arch: str, shard_dir: str) -> tuple[list[dict], list[dict]]:
         "steps": args.steps,
         "warmup": args.warmup,
         "attend_within_document": bool(args.attend_within_document),
+        "packing": "pairs" if arch in PAIR_TASK else "full",
+        "pair_task": PAIR_TASK.get(arch),
         "compile": args.compile,
         "predict_capacity": "auto",
         "threads": args.threads,
@@ -101,7 +114,7 @@ def sides(args, arch: str, shard_dir: str) -> tuple[list[dict], list[dict]]:
     main = [{**base, "side": "ours"}, {**base, "side": "hf", "compile": False}]
     extras = []
     if args.extras:  # in order of value: attention kernels, the real DeBERTa-v3, compile gain
-        if arch != "electra":
+        if arch not in ("electra", *PAIR_TASK):  # a pair row holds one pair: no documents
             extras.append({**base, "side": "ours", "variant": "whole-row attention"})
             extras[-1]["attend_within_document"] = False
         if arch == "deberta":  # the DeBERTa-v3 workload itself (no HF counterpart)
@@ -180,7 +193,9 @@ def row(spec: dict, res: dict, fpt: float, ours_tps: float | None) -> list:
 def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--arch", nargs="+", default=["roberta", "deberta", "electra"])
+    ap.add_argument(
+        "--arch", nargs="+", default=["roberta", "deberta", "electra", "bert", "albert"]
+    )
     ap.add_argument("--presets", choices=["cpu", "cuda"], help="size set (default: --device's)")
     ap.add_argument("--steps", type=int, help="timed optimizer steps per side (cpu 4, cuda 10)")
     ap.add_argument("--warmup", type=int, help="untimed steps first (cpu 1, cuda 3)")
@@ -275,6 +290,18 @@ def section(args, results, load0: float, elapsed: float, skipped: list[str]) -> 
         rows.append(row(spec, res, fpt, ours_tps.get(spec["arch"])))
     fpts = ", ".join(f"{s['arch']} {si(f, 'FLOP', 2)}" for s, _, f in results if s["side"] == "hf")
     hw = machine("cpu") if args.device == "cpu" else f"{dev} (host: {machine('cpu')})"
+    pair_archs = [a for a in args.arch if a in PAIR_TASK]
+    packing = " and ".join(
+        (["FULL-SENTENCES packing"] if len(pair_archs) < len(args.arch) else [])
+        + (
+            [
+                "sentence-pair rows for "
+                + ", ".join(f"{a} ({PAIR_TASK[a].upper()})" for a in pair_archs)
+            ]
+            if pair_archs
+            else []
+        )
+    )
     return [
         *section_start(
             "train_throughput.py",
@@ -282,10 +309,15 @@ def section(args, results, load0: float, elapsed: float, skipped: list[str]) -> 
             f"{hw}; load average {load0:.1f} at the start, {load_average():.1f} at the end; "
             f"torch intra-op threads {threads}. DeepSpeed ZeRO {args.zero}, {args.precision}, optimizer "
             f"impl {args.optimizer_impl}, seq {args.seq}, micro-batch {args.micro} x accumulation "
-            f"{args.accum} = {args.micro * args.accum} sequences per step, FULL-SENTENCES packing, "
-            f"15 % mlm masking, {args.workers} loader workers, {args.warmup} warm-up + {args.steps} "
-            f"timed steps per side; ours keeps packed documents apart: "
-            f"{bool(args.attend_within_document)} (HF: whole row).",
+            f"{args.accum} = {args.micro * args.accum} sequences per step, {packing}, "
+            f"15 % mlm masking, {args.workers} loader workers, {args.warmup} warm-up + "
+            f"{args.steps} timed steps per side"
+            + (
+                f"; ours keeps packed documents apart: {bool(args.attend_within_document)} "
+                "(HF: whole row)."
+                if len(pair_archs) < len(args.arch)
+                else " (a pair row holds one pair: whole-row attention on both sides)."
+            ),
         ),
         "",
         *table(

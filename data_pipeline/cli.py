@@ -16,7 +16,7 @@ COMMANDS = {
     ),
     "train-tokenizer": (
         "data_pipeline.commands.train_tokenizer",
-        "train a tokenizer (sentencepiece BPE with byte fallback, or byte-level BPE)",
+        "train a tokenizer per model family (byte-level BPE, WordPiece or sentencepiece BPE)",
     ),
     "preprocess": ("data_pipeline.commands.preprocess", "tokenize a corpus into webdataset shards"),
     "inspect": (

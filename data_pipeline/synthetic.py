@@ -59,6 +59,16 @@ def random_documents(
     return docs
 
 
+def synthetic_sentence_starts(ids: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """Sentence starts of a synthetic document, a function of its tokens: the first token,
+    and every word start whose id is a multiple of 8 (one in ~11 tokens), so that sentence
+    pairs (``packing="pairs"``) have several sentences per document to choose from."""
+    ss = np.asarray(ws, dtype=bool) & (np.asarray(ids) % 8 == 0)
+    if len(ss):
+        ss[0] = True
+    return ss
+
+
 def write_shards(
     shard_dir: str | os.PathLike,
     shards: dict[str, Sequence[Sequence[tuple[np.ndarray, np.ndarray]]]],
@@ -75,7 +85,8 @@ def write_shards(
         for s, docs in enumerate(split_shards):
             writer = ShardWriter(shard_dir, f"{split}-{s:05d}.tar", dtype)
             for d, (ids, ws) in enumerate(docs):
-                writer.add(f"d{d:07d}", f"synthetic:{split}:{s}:{d}", ids, ws)
+                ss = synthetic_sentence_starts(ids, ws)
+                writer.add(f"d{d:07d}", f"synthetic:{split}:{s}:{d}", ids, ws, ss)
             manifest.shards.append(writer.close(split))
     manifest.stats = {
         "documents": sum(s.documents for s in manifest.shards),

@@ -27,9 +27,10 @@ step() { printf '\n==> %s\n' "$*"; }
 step "sample corpus -> $WORK/corpus"
 [ -f "$WORK/corpus/valid.jsonl" ] || python -m data_pipeline sample-corpus "$WORK/corpus"
 
-step "tokenizer (vocabulary $VOCAB) -> $WORK/tokenizer"
+step "tokenizer: RoBERTa's byte-level BPE (vocabulary $VOCAB) -> $WORK/tokenizer"
 [ -f "$WORK/tokenizer/tokenizer.json" ] || python -m data_pipeline train-tokenizer \
-    --input "$WORK/corpus/train.jsonl" --out "$WORK/tokenizer" --vocab-size "$VOCAB"
+    --input "$WORK/corpus/train.jsonl" --out "$WORK/tokenizer" --vocab-size "$VOCAB" \
+    --family roberta
 
 step "shards -> $WORK/shards"
 [ -f "$WORK/shards/manifest.json" ] || python -m data_pipeline preprocess \

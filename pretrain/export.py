@@ -29,7 +29,13 @@ from pretrain.checkpoint import load_run_model
 from pretrain.models import ARCHITECTURES, hf_module
 
 # HF ``model_type`` -> our architecture name.
-MODEL_TYPES = {"roberta": "roberta", "electra": "electra", "deberta-v2": "deberta"}
+MODEL_TYPES = {
+    "bert": "bert",
+    "albert": "albert",
+    "roberta": "roberta",
+    "electra": "electra",
+    "deberta-v2": "deberta",
+}
 # Files of a model directory that are model, not tokenizer: never copied as tokenizer files.
 _MODEL_FILES = {
     "config.json",

@@ -63,8 +63,11 @@ def synthetic_shards(out: str | os.PathLike, vocab_size: int = 500) -> Path:
     return out
 
 
-def corpus_shards(out: str | os.PathLike, vocab_size: int = 2000) -> Path:
-    """The built-in sample corpus -> tokenizer -> shards (``out/shards``), built once."""
+def corpus_shards(
+    out: str | os.PathLike, vocab_size: int = 2000, family: str | None = None
+) -> Path:
+    """The built-in sample corpus -> tokenizer -> shards (``out/shards``), built once.
+    ``family``: ``train-tokenizer --family`` (default: the command's, RoBERTa's)."""
 
     out = Path(out)
     shards = out / "shards"
@@ -80,6 +83,7 @@ def corpus_shards(out: str | os.PathLike, vocab_size: int = 2000) -> Path:
                 str(tok),
                 "--vocab-size",
                 str(vocab_size),
+                *(["--family", family] if family else []),
             ],
             [
                 "preprocess",
@@ -130,9 +134,11 @@ def train_command(shard_dir, run_dir, *overrides: str, arch: str = "roberta") ->
     ]
 
 
-def deepspeed_command(shard_dir, run_dir, *overrides: str, ranks: int = 2) -> list[str]:
-    """``deepspeed --num_gpus RANKS launch/pretrain.sh`` of the debug RoBERTa, as users launch
-    it (2 gloo processes on a CPU machine), on a free master port."""
+def deepspeed_command(
+    shard_dir, run_dir, *overrides: str, ranks: int = 2, arch: str = "roberta"
+) -> list[str]:
+    """``deepspeed --num_gpus RANKS launch/pretrain.sh`` of ``configs/debug-<arch>.toml``, as
+    users launch it (2 gloo processes on a CPU machine), on a free master port."""
     return [
         str(Path(sys.executable).parent / "deepspeed"),
         "--num_gpus",
@@ -141,7 +147,7 @@ def deepspeed_command(shard_dir, run_dir, *overrides: str, ranks: int = 2) -> li
         str(free_port()),
         str(REPO / "launch/pretrain.sh"),
         "--config",
-        str(CONFIGS / "debug-roberta.toml"),
+        str(CONFIGS / f"debug-{arch}.toml"),
         f"data.shard_dir={shard_dir}",
         f"run_dir={run_dir}",
         *overrides,

@@ -1,7 +1,8 @@
 """``python -m data_pipeline inspect SHARD_DIR [--verify] [--samples K] [--all]``.
 
 Prints the manifest's totals per split, the read statistics (every skip by reason), a line
-per shard, and a few decoded documents. Always checks that every shard and index exists
+per shard, and a few decoded documents with their first sentences (sentence counts come
+from the manifest; format 1 and 2 shards have none). Always checks that every shard and index exists
 with the manifest's size (cheap); ``--verify`` also checks sha256 of every tar and index
 and that each index lists the manifest's number of documents. Any problem is named by
 shard and makes the command exit with status 1.
@@ -27,6 +28,7 @@ from data_pipeline.shards import (
 from data_pipeline.tokenizer import Tokenizer, TokenizerError
 
 SHOWN_SHARDS = 20  # shard lines printed without --all
+SHOWN_SENTENCES = 3  # of each decoded document
 
 
 def shard_problem(shard_dir: Path, info: ShardInfo, full: bool) -> str | None:
@@ -73,19 +75,38 @@ def _samples(shard_dir: Path, man: Manifest, k: int, bad: set[str]) -> list[str]
         reader = ShardReader(shard_dir, s, man.dtype)
         try:
             ids, ws = reader.read(0)
+            starts = reader.read_sentences(0) if reader.has_sentences else None
         except CorruptShardError as e:
             out.append(f"  {s.name}: {e}")
             continue
         finally:
             reader.close()
         meta = _first_meta(shard_dir / s.name)
-        text = tok.decode(ids.tolist()) if tok is not None else " ".join(map(str, ids[:64]))
-        shown = text[:300].replace("\n", "\\n") + (" ..." if len(text) > 300 else "")
-        out.append(f"  [{s.name}] {meta.get('id', '?')}: {len(ids)} tokens, {int(ws.sum())} words")
+        text = _decode(tok, ids)
+        shown = _short(text, 300)
+        counts = f"{len(ids)} tokens, {int(ws.sum())} words"
+        if starts is not None:
+            counts += f", {len(starts)} sentences"
+        out.append(f"  [{s.name}] {meta.get('id', '?')}: {counts}")
         out.append(f"    {shown}")
+        if starts is not None and len(starts) > 1:
+            k = min(SHOWN_SENTENCES, len(starts))
+            spans = zip(starts[:k].tolist(), [*starts[1:].tolist(), len(ids)][:k], strict=True)
+            first = [_short(_decode(tok, ids[a:b]).strip(), 80) for a, b in spans]
+            more = f" (+{len(starts) - k} more)" if len(starts) > k else ""
+            out.append(f"    sentences: {' | '.join(first)}{more}")
     if tok is None:
         out.append("  (no loadable tokenizer in SHARD_DIR/tokenizer: showing token ids)")
     return out
+
+
+def _decode(tok, ids) -> str:
+    return tok.decode(ids.tolist()) if tok is not None else " ".join(map(str, ids[:64]))
+
+
+def _short(text: str, limit: int) -> str:
+    """``text`` on one line, cut at ``limit`` characters."""
+    return text[:limit].replace("\n", "\\n") + (" ..." if len(text) > limit else "")
 
 
 def add_arguments(parser) -> None:
@@ -115,9 +136,11 @@ def main(args) -> int:
     )
     for split in ("train", "valid"):
         sh = man.split(split)
+        sentences = f"{sum(s.sentences or 0 for s in sh)} sentences, " if man.version >= 3 else ""
         print(
             f"{split}: {len(sh)} shards, {sum(s.documents for s in sh)} documents, "
-            f"{sum(s.tokens for s in sh)} tokens, {sum(s.bytes for s in sh) / 1e6:.2f} MB"
+            f"{sum(s.tokens for s in sh)} tokens, {sentences}"
+            f"{sum(s.bytes for s in sh) / 1e6:.2f} MB"
         )
     if "read" in man.stats:
         for line in ReadStats.from_dict(man.stats["read"]).summary_lines():
@@ -127,11 +150,18 @@ def main(args) -> int:
         reason = shard_problem(shard_dir, s, full=args.verify)
         if reason is not None:
             problems[s.name] = reason
-    print(f"{'shard':<28} {'split':<6} {'documents':>10} {'tokens':>12} {'bytes':>12}  status")
+    print(
+        f"{'shard':<28} {'split':<6} {'documents':>10} {'tokens':>12} {'sentences':>10} "
+        f"{'bytes':>12}  status"
+    )
     shown = man.shards if args.all else man.shards[:SHOWN_SHARDS]
     for s in shown:
         status = "BAD: " + problems[s.name] if s.name in problems else ("ok" if args.verify else "")
-        print(f"{s.name:<28} {s.split:<6} {s.documents:>10} {s.tokens:>12} {s.bytes:>12}  {status}")
+        sentences = "-" if s.sentences is None else s.sentences
+        print(
+            f"{s.name:<28} {s.split:<6} {s.documents:>10} {s.tokens:>12} {sentences:>10} "
+            f"{s.bytes:>12}  {status}"
+        )
     if len(shown) < len(man.shards):
         print(f"... {len(man.shards) - len(shown)} more shards (--all lists them)")
     for name, reason in problems.items():

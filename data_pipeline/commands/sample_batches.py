@@ -3,7 +3,8 @@
 The batches come from the training loader itself (``PretrainLoader``; ``--split valid`` uses
 ``validation_loader``, with its fixed masks), so what is dumped and measured here is exactly
 what a run with the same seq_len / packing / masking / seed gets for its first global batches
-on one rank. Prints masking statistics (rate, mask / random / unchanged split), packing
+on one rank. With ``--packing pairs`` the file also holds ``token_type_ids`` and
+``sentence_labels`` and the label balance is printed. Prints masking statistics (rate, mask / random / unchanged split), packing
 efficiency and one decoded row when a tokenizer is available (default: SHARD_DIR/tokenizer,
 which ``preprocess`` writes).
 """
@@ -46,7 +47,13 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--masking", choices=("mlm", "wwm", "span"), default="mlm")
     parser.add_argument("--mask-prob", type=float, default=0.15, metavar="P")
-    parser.add_argument("--packing", choices=("full", "doc"), default="full")
+    parser.add_argument("--packing", choices=("full", "doc", "pairs"), default="full")
+    parser.add_argument(
+        "--pair-task",
+        choices=("nsp", "sop"),
+        default="nsp",
+        help="with --packing pairs: BERT's next-sentence or ALBERT's sentence-order pairs",
+    )
     parser.add_argument("--split", choices=("train", "valid"), default="train")
 
 
@@ -60,6 +67,7 @@ def _batches(args):
             split=args.split,
             seq_len=args.seq_len,
             packing=args.packing,
+            pair_task=args.pair_task,
             seed=args.seed,
             num_workers=args.num_workers,
         )
@@ -102,6 +110,9 @@ def main(args) -> int:
         k: np.stack([b[k].numpy() for b in batches])
         for k in ("input_ids", "labels", "attention_mask", "segment_ids", "sample_ids")
     }
+    for k in ("token_type_ids", "sentence_labels"):  # sentence pairs only
+        if k in batches[0]:
+            arrays[k] = np.stack([b[k].numpy() for b in batches])
     arrays["epoch"] = np.array([int(b["epoch"]) for b in batches], dtype=np.int64)
     labels, ids = arrays["labels"], arrays["input_ids"]
     arrays["original_ids"] = np.where(labels != -100, labels, ids)
@@ -118,6 +129,14 @@ def main(args) -> int:
         f"({args.split}, packing={args.packing}, masking={args.masking}, seed={args.seed})"
     )
     print(f"rows: {stats['rows']} real, {stats['empty_rows']} empty (epoch-end filler)")
+    if "sentence_labels" in arrays:
+        sl = arrays["sentence_labels"]
+        pos, neg = int((sl == 0).sum()), int((sl == 1).sum())
+        what = "random B" if args.pair_task == "nsp" else "swapped"
+        print(
+            f"pairs ({args.pair_task}): {pos} with label 0 (B follows A), {neg} with label 1 "
+            f"({what}): share of label 1 {neg / max(pos + neg, 1):.4f}"
+        )
     print(
         f"masking: {m['selected']} of {m['tokens']} maskable tokens selected "
         f"(rate {m['rate']:.4f}, asked {args.mask_prob}); of them mask {m['mask_frac']:.3f}, "

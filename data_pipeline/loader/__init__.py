@@ -3,7 +3,8 @@ global order that does not depend on the number of ranks or workers, resumable e
 and elastically (see ``stream`` for the guarantees, docs/loader.md for the user's view).
 
 Modules, in the order a batch is made: ``config`` (settings, start-up checks, errors),
-``ordering`` (the epoch's document order), ``packing`` (rows from documents),
+``ordering`` (the epoch's document order), ``packing`` (rows from documents), ``pairs``
+(BERT/ALBERT sentence-pair rows),
 ``documents`` (reading documents on demand, checked), ``worker`` (building micro-batches,
 in DataLoader workers: assembling and masking), ``stats`` (what was read and lost),
 ``stream`` (``PretrainLoader``: the rank's iterator, its position and state).

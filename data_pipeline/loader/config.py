@@ -32,9 +32,17 @@ class LoaderConfig:
     """Tokens per row, including ``[cls]`` and separators; every batch is (M, seq_len)."""
     packing: str = "full"
     """``"full"``: FULL-SENTENCES, rows cut from the stream of documents (no padding except the
-    epoch's last row); ``"doc"``: DOC-SENTENCES, rows never cross a document boundary."""
+    epoch's last row); ``"doc"``: DOC-SENTENCES, rows never cross a document boundary;
+    ``"pairs"``: sentence pairs with token types and a label per row (see ``pair_task``)."""
     pad_doc_rows: bool = False
     """With ``packing="doc"``: one document (or chunk of a long one) per row, no packing."""
+    pair_task: str = "nsp"
+    """With ``packing="pairs"`` (rows ``[CLS] A [SEP] B [SEP]``, BERT's recipe, needs shards
+    of format 3): ``"nsp"``, B is the continuation or, with p = 0.5, text of another document
+    (BERT); ``"sop"``, A and B are consecutive and swapped with p = 0.5 (ALBERT)."""
+    short_seq_prob: float = 0.1
+    """With ``packing="pairs"``: probability that a row's target length is drawn uniformly from
+    [2, seq_len - 3] instead of filling the row (BERT: 0.1)."""
     shuffle: bool = True
     """Reshuffle shards and documents every epoch; False keeps the manifest order."""
     shuffle_block: int = 16
@@ -59,7 +67,8 @@ class LoaderConfig:
 
     def __post_init__(self):
         checks = {
-            "packing": (self.packing, ("full", "doc")),
+            "packing": (self.packing, ("full", "doc", "pairs")),
+            "pair_task": (self.pair_task, ("nsp", "sop")),
             "verify": (self.verify, ("size", "full")),
             "on_corrupt": (self.on_corrupt, ("error", "skip")),
         }
@@ -72,6 +81,10 @@ class LoaderConfig:
             raise ValueError(
                 "data.shuffle_block and data.prefetch_factor must be >= 1, data.num_workers >= 0"
             )
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"data.short_seq_prob must be in [0, 1], got {self.short_seq_prob}")
+        if self.packing == "pairs" and self.seq_len < 5:
+            raise ValueError(f"data.seq_len must be >= 5 for sentence pairs, got {self.seq_len}")
         if self.seed < 0:
             raise ValueError(f"data.seed must be >= 0, got {self.seed}")
 

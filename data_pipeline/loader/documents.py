@@ -104,6 +104,24 @@ class ShardPool:
             self._docs.popitem(last=False)
         return ids, ws
 
+    def sentences(self, sid: int, doc: int) -> np.ndarray | None:
+        """Token offsets of the sentence starts of one document (only its sentence-start member
+        is read); None (and an event) if the shard or that member is lost."""
+        if (sid, doc) in self._bad_docs:
+            return None
+        reader = self._reader(sid)
+        name = self.table.shards[sid].name
+        if reader is None:
+            self._lost((sid, doc), name, self._bad[sid])
+            return None
+        try:
+            return reader.read_sentences(doc)
+        except CorruptShardError as e:
+            self._lost((sid, doc), name, e.reason)
+        except OSError as e:
+            self._lost((sid, doc), name, f"document {doc} unreadable ({e.strerror or e})")
+        return None
+
     def _lost(self, key: tuple[int, int], name: str, reason: str) -> None:
         self._bad_docs.add(key)
         self.events.append(("doc", name, key[1], reason))

@@ -33,7 +33,7 @@ Piece = tuple[int, int, int, int, bool]  # (shard id, doc, start, end, sep); sha
 LengthsFn = Callable[[int], "np.ndarray | None"]
 
 
-def _block_lengths(order: EpochOrder, b: int, lengths: LengthsFn):
+def block_lengths(order: EpochOrder, b: int, lengths: LengthsFn):
     """The block's documents in order, dropped those of unreadable shards: (sid, doc, len)."""
     shard_of, doc_of = order.block_documents(b)
     shards = order.block_shards(b)
@@ -84,7 +84,7 @@ class FullLayout:
     def _block(self, b: int):
         if b in self._cache:
             return self._cache[b]
-        sid, doc, lens = _block_lengths(self.order, b, self.lengths)
+        sid, doc, lens = block_lengths(self.order, b, self.lengths)
         ends = np.cumsum(lens + 1)  # every document is followed by one sep
         starts = ends - lens - 1
         return self._cache.put(b, (sid, doc, lens, starts, ends, int(ends[-1]) if len(ends) else 0))
@@ -146,7 +146,7 @@ class DocLayout:
     def _block(self, b: int):
         if b in self._cache:
             return self._cache[b]
-        sid, doc, lens = _block_lengths(self.order, b, self.lengths)
+        sid, doc, lens = block_lengths(self.order, b, self.lengths)
         chunk, cap = self.seq_len - 2, self.seq_len - 1  # room after [cls]: tokens + seps
         row_ptr, p_doc, p_a, p_z = [0], [], [], []
         used = 0

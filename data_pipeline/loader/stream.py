@@ -80,6 +80,11 @@ class PretrainLoader:
             raise ShardFormatError(
                 f"{cfg.shard_dir}/manifest.json: tokenizer entry lacks vocab_size or special ids {missing}"
             )
+        if cfg.packing == "pairs" and self.manifest.version < 3:
+            raise ShardFormatError(
+                f"{cfg.shard_dir}: shard format {self.manifest.version} has no sentence starts, "
+                'which data.packing = "pairs" needs (re-run preprocess: format 3 records them)'
+            )
         self.fingerprint = fingerprint(self.manifest, cfg.split)
         self.table = ShardTable.build(self.manifest, cfg.split, check_split(self.manifest, cfg))
         self._finite, self._fixed, self._max_batches = finite, fixed_masks, max_batches
@@ -101,6 +106,8 @@ class PretrainLoader:
             seq_len=c.seq_len,
             packing=c.packing,
             pad_doc_rows=c.pad_doc_rows,
+            pair_task=c.pair_task,
+            short_seq_prob=c.short_seq_prob,
             shuffle=c.shuffle,
             shuffle_block=c.shuffle_block,
             seed=c.seed,
@@ -201,6 +208,7 @@ class PretrainLoader:
             )
         c = self.cfg
         return {
+            **self._pair_settings(),
             "version": STATE_VERSION,
             "seed": c.seed,
             "epoch": self._epoch,
@@ -215,6 +223,14 @@ class PretrainLoader:
             "manifest_fingerprint": self.fingerprint,
             "skipped_shards": sorted(self.table.skipped),
         }
+
+    def _pair_settings(self) -> dict:
+        """What else decides the rows of sentence pairs (absent otherwise, so that states
+        written before pairs existed still load)."""
+        c = self.cfg
+        if c.packing != "pairs":
+            return {}
+        return {"pair_task": c.pair_task, "short_seq_prob": c.short_seq_prob}
 
     def load_state_dict(self, sd: dict) -> None:
         """Continue from ``sd``'s position; refuses a state of a different data setup."""
@@ -233,6 +249,7 @@ class PretrainLoader:
             "shuffle_block": c.shuffle_block,
             "split": c.split,
             "manifest_fingerprint": self.fingerprint,
+            **self._pair_settings(),
         }
         for key, value in expect.items():
             if sd.get(key) != value:
@@ -272,7 +289,7 @@ class PretrainLoader:
             plan = self._plan()
             pool = ShardPool(plan.shard_dir, plan.table, plan.dtype)
             try:
-                rows = plan.layout(e, pool.lengths).total_rows()
+                rows = plan.layout(e, pool).total_rows()
             finally:
                 pool.close()
             self._bpe = {e: -(-rows // self.global_batch_size)}

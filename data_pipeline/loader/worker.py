@@ -30,6 +30,7 @@ from data_pipeline.loader.config import DataError
 from data_pipeline.loader.documents import ShardPool
 from data_pipeline.loader.ordering import EpochOrder, ShardTable
 from data_pipeline.loader.packing import DocLayout, FullLayout, Piece
+from data_pipeline.loader.pairs import PairLayout, assemble_pairs
 from data_pipeline.masking import MaskingConfig, mask_batch, row_keys
 
 
@@ -45,6 +46,8 @@ class StreamPlan:
     seq_len: int
     packing: str
     pad_doc_rows: bool
+    pair_task: str
+    short_seq_prob: float
     shuffle: bool
     shuffle_block: int
     seed: int
@@ -64,11 +67,17 @@ class StreamPlan:
     def grad_accum(self) -> int:
         return self.global_batch // (self.world_size * self.micro_batch)
 
-    def layout(self, epoch: int, lengths):
+    def layout(self, epoch: int, pool: ShardPool):
+        """The epoch's rows; reads shard indexes (and, for pairs, sentence starts) via ``pool``."""
         order = EpochOrder(self.table, self.seed, epoch, self.shuffle, self.shuffle_block)
         if self.packing == "full":
-            return FullLayout(order, lengths, self.seq_len)
-        return DocLayout(order, lengths, self.seq_len, self.pad_doc_rows)
+            return FullLayout(order, pool.lengths, self.seq_len)
+        if self.packing == "pairs":
+            return PairLayout(
+                order, pool.lengths, pool.sentences, self.seq_len, self.pair_task,
+                self.short_seq_prob,
+            )  # fmt: skip
+        return DocLayout(order, pool.lengths, self.seq_len, self.pad_doc_rows)
 
 
 def schedule(plan: StreamPlan, layout_of):
@@ -156,9 +165,7 @@ class BatchBuilder:
 
     def layout(self, epoch: int):
         if epoch not in self._layouts:
-            self._layouts = {
-                epoch: self.plan.layout(epoch, self.pool.lengths)
-            }  # one epoch at a time
+            self._layouts = {epoch: self.plan.layout(epoch, self.pool)}  # one epoch at a time
         return self._layouts[epoch]
 
     def micro_batch(self, epoch: int, b: int, a: int, last: bool) -> dict:
@@ -167,7 +174,17 @@ class BatchBuilder:
         r0 = b * p.global_batch + (a * p.world_size + p.rank) * p.micro_batch
         rows = layout.rows(r0, p.micro_batch)
         row_ids = [k if rows[k - r0] is not None else -1 for k in range(r0, r0 + p.micro_batch)]
-        ids, ws, seg, att, content = assemble(rows, self.pool, p.special_ids, p.seq_len)
+        extra = {}
+        if p.packing == "pairs":
+            ids, ws, seg, att, types, sentence_labels, content = assemble_pairs(
+                rows, self.pool, p.special_ids, p.seq_len
+            )
+            extra = {
+                "token_type_ids": torch.from_numpy(types),
+                "sentence_labels": torch.from_numpy(sentence_labels),
+            }
+        else:
+            ids, ws, seg, att, content = assemble(rows, self.pool, p.special_ids, p.seq_len)
         if int(ids.max()) >= len(self.is_special):
             raise DataError(
                 f"{p.shard_dir}: token id {int(ids.max())} >= vocab_size {p.vocab_size} in the manifest"
@@ -198,6 +215,7 @@ class BatchBuilder:
             "labels": torch.from_numpy(labels),
             "segment_ids": torch.from_numpy(seg),
             "sample_ids": torch.from_numpy(sample_ids),
+            **extra,
             "epoch": torch.tensor(epoch, dtype=torch.int64),
             "_info": info,
         }

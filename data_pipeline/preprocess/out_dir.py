@@ -115,6 +115,7 @@ def finish_manifest(ctx, tok, records: list[dict], n_units: int, plan_stats: Rea
         sp: {
             "documents": sum(s.documents for s in shards if s.split == sp),
             "tokens": sum(s.tokens for s in shards if s.split == sp),
+            "sentences": sum(s.sentences or 0 for s in shards if s.split == sp),
             "shards": sum(1 for s in shards if s.split == sp),
         }
         for sp in ("train", "valid")
@@ -128,6 +129,7 @@ def finish_manifest(ctx, tok, records: list[dict], n_units: int, plan_stats: Rea
         stats={
             "documents": sum(s["documents"] for s in splits.values()),
             "tokens": sum(s["tokens"] for s in splits.values()),
+            "sentences": sum(s["sentences"] for s in splits.values()),
             "splits": splits,
             "units": n_units,
             "input_files": len(ctx.files),

@@ -1,11 +1,11 @@
 """One work unit -> its shards and its progress record (what each rank or worker runs).
 
-Documents are tokenized in batches (``encode_flat_with_word_starts`` over ~256 K characters
-at a time: the per-call overhead is amortised and no Python code runs per token) and each
-batch goes to the shard writer whole (``PackedDocs``: no numpy call per document, which
-for short documents would cost as much as encoding them), in input order, to
-``train-u<unit>-<k>.tar`` / ``valid-u<unit>-<k>.tar``, a new shard each time one reaches
-the shard size. When the unit's shards are complete, its progress record
+Documents are tokenized in batches (``encode_flat_with_starts``: ids, word and sentence
+starts of ~256 K characters at a time, so the per-call overhead is amortised and no Python
+code runs per token) and each batch goes to the shard writer whole (``PackedDocs``: no
+numpy call per document, which for short documents would cost as much as encoding them),
+in input order, to ``train-u<unit>-<k>.tar`` / ``valid-u<unit>-<k>.tar``, a new shard each
+time one reaches the shard size. When the unit's shards are complete, its progress record
 ``.progress/unit-<unit>.json`` (shard infos and read statistics) is written atomically: a
 unit with a record is finished, a unit without one is redone from scratch on the next run.
 """
@@ -25,6 +25,7 @@ from data_pipeline.preprocess.out_dir import PROGRESS_DIR
 from data_pipeline.preprocess.partition import WorkUnit
 from data_pipeline.readers import Document, InputFile, ReadOptions, ReadStats, read_segment
 from data_pipeline.shards import PackedDocs, ShardInfo, ShardWriter, check_shard
+from data_pipeline.tokenizer.sentences import CONTEXT_CHARS
 
 BATCH_CHARS = 1 << 18  # text per tokenizer call: amortises the call, bounds its memory
 BATCH_DOCS = 4096
@@ -122,7 +123,9 @@ def process_unit(ctx: UnitContext, unit: WorkUnit, tok) -> dict:
     stats = ReadStats()
     writers = {s: _SplitWriter(ctx, s, unit.index) for s in ("train", "valid")}
     pending: list[Document] = []  # documents (or pieces) awaiting the tokenizer
-    parts: list[tuple[np.ndarray, np.ndarray]] = []  # token pieces of a long document
+    contexts: list[str | None] = []  # per pending piece: the previous piece of its document
+    before: str | None = None  # the last piece read, while its document continues
+    parts: list[tuple] = []  # token pieces of a long document: (ids, word, sentence starts)
     all_valid, fraction, stem = unit.source == "valid", ctx.valid_fraction, unit_stem(unit.index)
     n_docs, chars = 0, 0
 
@@ -155,10 +158,13 @@ def process_unit(ctx: UnitContext, unit: WorkUnit, tok) -> dict:
 
     def flush() -> None:
         """Encode the pending documents and write them, the whole batch at a time."""
-        ids, starts, bounds = tok.encode_flat_with_word_starts(
-            [d.text for d in pending], segment_zh=ctx.segment_zh
+        ids, starts, sents, bounds = tok.encode_flat_with_starts(
+            [d.text for d in pending],
+            segment_zh=ctx.segment_zh,
+            contexts=contexts if any(c is not None for c in contexts) else None,
         )
-        docs, lens = PackedDocs(ids, starts, bounds, ctx.dtype), np.diff(bounds).tolist()
+        docs = PackedDocs(ids, starts, bounds, ctx.dtype, sents)
+        lens = np.diff(bounds).tolist()
         lo = 0  # pending[lo:k] are whole documents not yet written
         if parts or not all(d.final for d in pending):  # pieces of a long document
             for k, doc in enumerate(pending):
@@ -167,19 +173,25 @@ def process_unit(ctx: UnitContext, unit: WorkUnit, tok) -> dict:
                 emit(docs, range(lo, k), lens, [d.id for d in pending[lo:k]])
                 lo = k + 1
                 piece = slice(bounds[k], bounds[k + 1])
-                parts.append((ids[piece].astype(ctx.dtype), starts[piece]))  # 2-4 bytes a token
+                # 2-4 bytes a token for the ids, one for each kind of flag
+                parts.append((ids[piece].astype(ctx.dtype), starts[piece], sents[piece]))
                 if doc.final:
                     whole = [np.concatenate(p) for p in zip(*parts, strict=True)]
                     parts.clear()
                     n = len(whole[0])
-                    emit(PackedDocs(*whole, [0, n], ctx.dtype), [0], [n], [doc.id])
+                    packed = PackedDocs(whole[0], whole[1], [0, n], ctx.dtype, whole[2])
+                    emit(packed, [0], [n], [doc.id])
         emit(docs, range(lo, len(pending)), lens, [d.id for d in pending[lo:]])
         pending.clear()
+        contexts.clear()
 
     try:
         for seg in unit.segments:
             for doc in read_segment(ctx.files[seg.file], seg, ctx.opts, stats):
                 pending.append(doc)
+                # a later piece of a long document: sentence rules apply across the join
+                contexts.append(before)
+                before = None if doc.final else doc.text[-CONTEXT_CHARS:]
                 chars += len(doc.text)
                 if chars >= BATCH_CHARS or len(pending) >= BATCH_DOCS:
                     flush()

@@ -14,23 +14,93 @@ from typing import Any
 from data_pipeline.common import CommandError, atomic_write_text
 
 FORMAT_NAME = "encoder-pretraining-shards"
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # 1: index without member extents (data-only crc32)
+FORMAT_VERSION = 3
+# 1: index without member extents (data-only crc32); 2: no sentence starts
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_NAME = "manifest.json"
 INDEX_SUFFIX = ".idx.npy"
 INDEX_COLUMNS_V1 = ("ids_offset", "n_tokens", "ws_offset", "ws_bytes", "crc32")
 # Format 2 adds the record: member k spans [bounds[k], bounds[k+1]) of the tar, with
 # bounds = (record_offset, ids_end, ws_end, record_end); a crc32 of the whole record (one
 # check per read) and one per member (to name the damaged member when it fails).
-INDEX_COLUMNS = (
+INDEX_COLUMNS_V2 = (
     *INDEX_COLUMNS_V1,
     "record_offset", "ids_end", "ws_end", "record_end", "record_crc32",
     "ids_member_crc32", "ws_member_crc32", "meta_member_crc32",
 )  # fmt: skip
+# Format 3 adds the sentence-start member between word starts and meta, laid out the same
+# way: bounds = (record_offset, ids_end, ws_end, ss_end, record_end), the record's crc32,
+# one per member, and where the packed sentence starts are (``ws_bytes`` long, as both
+# members hold one bit per token).
+INDEX_COLUMNS = (
+    *INDEX_COLUMNS_V1,
+    "record_offset", "ids_end", "ws_end", "ss_end", "record_end", "record_crc32",
+    "ids_member_crc32", "ws_member_crc32", "ss_member_crc32", "meta_member_crc32",
+    "ss_offset",
+)  # fmt: skip
 
 
 # The members of a document's record, in order (a webdataset sample "<key>" + suffix).
-MEMBER_SUFFIXES = (b".input_ids.npy", b".word_start.npy", b".meta.json")
+MEMBER_SUFFIXES = (b".input_ids.npy", b".word_start.npy", b".sentence_start.npy", b".meta.json")
+MEMBER_SUFFIXES_V2 = (b".input_ids.npy", b".word_start.npy", b".meta.json")
+
+
+@dataclass(frozen=True)
+class IndexLayout:
+    """Where things are in an index row of one format (found by its number of columns).
+
+    For formats 2 and 3, member ``k`` of document ``i`` spans
+    ``index[i, bounds][k] .. index[i, bounds][k + 1]`` of the tar, with crc32
+    ``index[i, member_crcs][k]``; the whole record spans ``record_offset .. record_end``
+    with crc32 ``record_crc``.
+    """
+
+    version: int
+    columns: tuple[str, ...]
+    members: tuple[bytes, ...]  # member suffixes in record order (empty for format 1)
+
+    def col(self, name: str) -> int:
+        """The column number of ``name``."""
+        return self.columns.index(name)
+
+    @property
+    def bounds(self) -> slice:
+        """Columns of the member bounds: record start, each member's end (members + 1)."""
+        lo = self.col("record_offset")
+        return slice(lo, lo + len(self.members) + 1)
+
+    @property
+    def member_crcs(self) -> slice:
+        """Columns of each member's crc32, in member order."""
+        lo = self.col("ids_member_crc32")
+        return slice(lo, lo + len(self.members))
+
+    @property
+    def record_offset(self) -> int:
+        return self.col("record_offset")
+
+    @property
+    def record_end(self) -> int:
+        return self.col("record_end")
+
+    @property
+    def record_crc(self) -> int:
+        return self.col("record_crc32")
+
+
+INDEX_LAYOUTS = {
+    len(INDEX_COLUMNS_V1): IndexLayout(1, INDEX_COLUMNS_V1, ()),
+    len(INDEX_COLUMNS_V2): IndexLayout(2, INDEX_COLUMNS_V2, MEMBER_SUFFIXES_V2),
+    len(INDEX_COLUMNS): IndexLayout(3, INDEX_COLUMNS, MEMBER_SUFFIXES),
+}
+
+
+def index_layout(index) -> IndexLayout:
+    """The layout of an index array (by its number of columns); ValueError if none."""
+    layout = INDEX_LAYOUTS.get(index.shape[1] if index.ndim == 2 else -1)
+    if layout is None:
+        raise ValueError(f"no shard index format has shape {index.shape}")
+    return layout
 
 
 class ShardFormatError(CommandError, ValueError):
@@ -57,6 +127,7 @@ class ShardInfo:
     sha256: str  # of the tar file
     index: str  # file name of the index sidecar
     index_sha256: str
+    sentences: int | None = None  # sentence starts in the shard (None: format 1 or 2)
 
 
 @dataclass

@@ -13,21 +13,23 @@ import numpy as np
 
 from data_pipeline.common import sha256_file
 from data_pipeline.shards.manifest import (
-    INDEX_COLUMNS,
-    INDEX_COLUMNS_V1,
+    INDEX_LAYOUTS,
     CorruptShardError,
+    IndexLayout,
+    ShardFormatError,
     ShardInfo,
+    index_layout,
 )
-from data_pipeline.shards.manifest import (
-    MEMBER_SUFFIXES as _MEMBERS,
-)
+
+_SS_SUFFIX = ".sentence_start.npy"
 
 
 def load_index(shard_dir: str | os.PathLike, info: ShardInfo, verify: bool = True) -> np.ndarray:
-    """The (documents, columns) int64 index of a shard: ``INDEX_COLUMNS`` (format 2) or
-    ``INDEX_COLUMNS_V1``. With ``verify`` its bytes must match the manifest's sha256 (an
-    index is ~100 bytes a document: cheap, and every byte training reads is then checked).
-    CorruptShardError if missing, altered or inconsistent."""
+    """The (documents, columns) int64 index of a shard: ``INDEX_COLUMNS`` (format 3),
+    ``INDEX_COLUMNS_V2`` or ``INDEX_COLUMNS_V1`` (``index_layout`` tells which). With
+    ``verify`` its bytes must match the manifest's sha256 (an index is ~130 bytes a
+    document: cheap, and every byte training reads is then checked). CorruptShardError if
+    missing, altered or inconsistent."""
     path = Path(shard_dir) / info.index
     try:
         raw = path.read_bytes()
@@ -45,15 +47,7 @@ def load_index(shard_dir: str | os.PathLike, info: ShardInfo, verify: bool = Tru
         raise CorruptShardError(
             info.name, f"index {info.index} unreadable ({e})", info.documents
         ) from e
-    if (
-        index.ndim != 2
-        or index.shape[0] != info.documents
-        or index.shape[1]
-        not in (
-            len(INDEX_COLUMNS),
-            len(INDEX_COLUMNS_V1),
-        )
-    ):
+    if index.ndim != 2 or index.shape[0] != info.documents or index.shape[1] not in INDEX_LAYOUTS:
         raise CorruptShardError(info.name, f"index has shape {index.shape}", info.documents)
     return index
 
@@ -88,12 +82,23 @@ class ShardReader:
     def __init__(self, shard_dir: str | os.PathLike, info: ShardInfo, dtype: str):
         self.info, self.dtype = info, np.dtype(dtype)
         self.index = load_index(shard_dir, info)
-        self._records = self.index.shape[1] == len(INDEX_COLUMNS)  # format 2
+        self.layout: IndexLayout = index_layout(self.index)
+        lay = self.layout
+        if lay.version >= 2:  # column numbers, looked up once
+            self._rec = (lay.record_offset, lay.record_end, lay.record_crc)
+        if lay.version >= 3:
+            ss = lay.col("ws_end"), lay.col("ss_end"), lay.col("ss_member_crc32")
+            self._ss = (*ss, lay.col("ss_offset"))
         path = Path(shard_dir) / info.name
         try:
             self._fd = os.open(path, os.O_RDONLY)
         except OSError as e:
             raise CorruptShardError(info.name, f"cannot open ({e.strerror})", info.documents) from e
+
+    @property
+    def has_sentences(self) -> bool:
+        """Whether the shard records sentence starts (format 3)."""
+        return self.layout.version >= 3
 
     def __len__(self) -> int:
         return len(self.index)
@@ -104,19 +109,50 @@ class ShardReader:
     def read(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Document ``i``: (token ids as int64, word-start flags as bool), every byte read
         checked against the index's crc32s (CorruptShardError naming the member if not)."""
-        if not self._records:
+        if self.layout.version == 1:
             return self._read_v1(i)
         row = self.index[i].tolist()
         ids_off, n, ws_off, ws_bytes = row[:4]
-        start, end = row[5], row[8]
+        lo, hi, crc = self._rec
+        start, end = row[lo], row[hi]
         rec = os.pread(self._fd, end - start, start)  # the whole record: one read
         if len(rec) != end - start:
             raise CorruptShardError(self.info.name, f"document {i} truncated", 1)
-        if self.check_crc and zlib.crc32(rec) != row[9]:
-            raise CorruptShardError(self.info.name, _damage(i, rec, row), 1)
+        if self.check_crc and zlib.crc32(rec) != row[crc]:
+            raise CorruptShardError(self.info.name, _damage(i, rec, row, self.layout), 1)
         ids = np.frombuffer(rec, self.dtype, count=n, offset=ids_off - start).astype(np.int64)
         packed = np.frombuffer(rec, np.uint8, count=ws_bytes, offset=ws_off - start)
         return ids, np.unpackbits(packed, count=n).astype(bool)
+
+    def read_sentences(self, i: int) -> np.ndarray:
+        """Token offsets (int64, ascending) of the sentence starts of document ``i``: empty
+        for an empty document, else starting with 0. Reads and checks only the document's
+        sentence-start member (one ``pread``: no token ids). CorruptShardError naming the
+        document and member if it is truncated or fails its crc32; ShardFormatError for a
+        format 1 or 2 shard, which has no sentence starts."""
+        if self.layout.version < 3:
+            raise ShardFormatError(
+                f"{self.info.name}: shard format {self.layout.version} has no sentence starts "
+                "(format 3 records them); re-run preprocess with this code"
+            )
+        row = self.index[i].tolist()
+        n, nbytes = row[1], row[3]
+        lo, hi, crc, data = (row[c] for c in self._ss)
+        raw = os.pread(self._fd, hi - lo, lo)
+        if len(raw) != hi - lo:
+            raise CorruptShardError(
+                self.info.name, f"document {i}: member *{_SS_SUFFIX} truncated", 1
+            )
+        if self.check_crc and zlib.crc32(raw) != crc:
+            name = raw[:100].split(b"\x00", 1)[0].decode("utf-8", "replace")
+            name = name if name.endswith(_SS_SUFFIX) else f"*{_SS_SUFFIX}"
+            raise CorruptShardError(
+                self.info.name,
+                f"document {i}: member {name!r} (bytes {lo}-{hi}) fails its crc32",
+                1,
+            )
+        packed = np.frombuffer(raw, np.uint8, count=nbytes, offset=data - lo)
+        return np.flatnonzero(np.unpackbits(packed, count=n)).astype(np.int64)
 
     def _read_v1(self, i: int) -> tuple[np.ndarray, np.ndarray]:
         """Format 1: only the data bytes are read and checked (one crc32 over both)."""
@@ -141,19 +177,21 @@ class ShardReader:
         self.close()
 
 
-def _damage(i: int, rec: bytes, row: list[int]) -> str:
+def _damage(i: int, rec: bytes, row: list[int], layout: IndexLayout) -> str:
     """Which member of document ``i``'s record ``rec`` (index row ``row``) is damaged, named
     by its tar name: the sample key comes from an intact member's header (a damaged header
     may have garbled its own name)."""
-    bounds = [b - row[5] for b in row[5:9]]
-    ok = [zlib.crc32(rec[bounds[k] : bounds[k + 1]]) == row[10 + k] for k in range(3)]
+    edges = row[layout.bounds]
+    bounds = [b - edges[0] for b in edges]
+    crcs, members = row[layout.member_crcs], layout.members
+    ok = [zlib.crc32(rec[bounds[k] : bounds[k + 1]]) == crcs[k] for k in range(len(members))]
     if all(ok):  # cannot happen with an index that passed its sha256 check
-        return f"document {i}: record (bytes {row[5]}-{row[8]}) fails its crc32"
+        return f"document {i}: record (bytes {edges[0]}-{edges[-1]}) fails its crc32"
     bad = ok.index(False)
-    suffix = _MEMBERS[bad].decode()
+    suffix = members[bad].decode()
     name = f"*{suffix}"
     if any(ok):
         k = ok.index(True)
         head = rec[bounds[k] : bounds[k] + 100].split(b"\x00", 1)[0]
-        name = head.decode("utf-8", "replace")[: -len(_MEMBERS[k])] + suffix
-    return f"document {i}: member {name!r} (bytes {row[5 + bad]}-{row[6 + bad]}) fails its crc32"
+        name = head.decode("utf-8", "replace")[: -len(members[k])] + suffix
+    return f"document {i}: member {name!r} (bytes {edges[bad]}-{edges[bad + 1]}) fails its crc32"

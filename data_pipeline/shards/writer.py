@@ -4,143 +4,75 @@ would write), its index rows with the member extents and crc32s, atomically publ
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import os
 import zlib
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from data_pipeline.common import sha256_file
-from data_pipeline.shards.manifest import (
-    INDEX_COLUMNS,
-    ShardInfo,
-    index_name,
-)
-from data_pipeline.shards.manifest import (
-    MEMBER_SUFFIXES as _MEMBERS,
+from data_pipeline.shards.manifest import INDEX_COLUMNS, ShardInfo, index_name
+from data_pipeline.shards.tarbytes import (
+    BIG_MEMBER,
+    BLOCK,
+    MAX_KEY_BYTES,
+    MEMBERS_BY_LENGTH,
+    META_MEMBERS,
+    RECORD,
+    json_str,
+    member_parts,
+    name_tails,
 )
 
-# --------------------------------------------------------------------------- writing
-# We write the tar bytes ourselves rather than through ``tarfile``: building three TarInfo
-# headers and two .npy files per document costs ~600 us, many times what sentencepiece
-# needs to encode a typical document (~60 us for 115 tokens). The bytes are exactly what
-# ``tarfile`` (USTAR, mode 0o644, uid/gid 0, mtime 0, empty uname/gname) and ``np.save``
-# produce, which tests/data_pipeline/shards/test_shards.py checks against them. Documents come in
-# batches (``PackedDocs``: ids converted and word starts packed by numpy for the whole
+# We write the tar bytes ourselves rather than through ``tarfile``: building a TarInfo header
+# and an .npy file per member costs ~200 us (~600 us for the three members of format 2),
+# many times what sentencepiece needs to encode a typical document (~60 us for 115 tokens).
+# The bytes are exactly what ``tarfile`` and ``np.save`` produce (``tarbytes``), which
+# tests/data_pipeline/shards/test_shards.py checks against them. Documents come in batches
+# (``PackedDocs``: ids converted and word and sentence starts packed by numpy for the whole
 # batch), everything that depends only on a length is cached, and the loop per document
-# only slices, sums the key, formats three checksums and the meta, and queues the parts
-# for one join and write per ~1 MB (~3 us a document, from ~20 us one at a time).
+# only slices, sums the key, formats four checksums and the meta, and queues the parts for
+# one join and write per ~1 MB (~3 us a document, from ~20 us one at a time).
 # (Laying out whole batches in numpy blocks was tried: no faster, as it moves more memory.)
-_BLOCK, _RECORD = 512, 20 * 512  # tar block; tarfile pads the archive to whole records
-_MODE_UID_GID = b"0000644\x000000000\x000000000\x00"
-_MTIME = b"00000000000\x00"
-_MAGIC = b"ustar\x0000"
-_CONST_SUM = sum(_MODE_UID_GID) + sum(_MTIME) + sum(b" " * 8) + ord("0") + sum(_MAGIC)
-_HEADER = (
-    b"%s" + _MODE_UID_GID + b"%s\x00" + _MTIME + b"%06o\x00 0" + bytes(100) + _MAGIC
-    + bytes(_BLOCK - 265)
-)  # fmt: skip
-_HEADER_END = b"0" + bytes(100) + _MAGIC + bytes(_BLOCK - 265)  # typeflag .. end of block
-_ZEROS = bytes(_BLOCK)
-MAX_KEY_BYTES = 80  # member names ("<key>.word_start.npy") must fit USTAR's 100-byte field
-_BIG_MEMBER = 1 << 20  # a member this large is written from its buffer, never joined
-
-
-def _ustar_header(name: bytes, size: int) -> bytes:
-    """The 512-byte header ``tarfile`` writes for a regular file ``name`` (< 100 bytes)."""
-    digits = b"%011o" % size
-    return _HEADER % (name.ljust(100, b"\x00"), digits, _CONST_SUM + sum(name) + sum(digits))
-
-
-# A header in parts: key, name tail (rest of the name field, mode, uid, gid), size digits
-# (+ NUL, mtime), checksum, end (typeflag .. end of block). The checksum is the sum of all
-# bytes with its own field as spaces: a constant of the name tail, plus the key's and the
-# size digits' sums. (Checked against tarfile by tests/data_pipeline/shards/test_shards.py.)
-@lru_cache(maxsize=16)
-def _name_tails(key_bytes: int) -> tuple[tuple[bytes, int], ...]:
-    """Per member: (name tail after a ``key_bytes``-long key, its checksum constant)."""
-    out = []
-    for m in _MEMBERS:
-        tail = m + bytes(100 - key_bytes - len(m)) + _MODE_UID_GID
-        out.append((tail, _CONST_SUM - sum(_MODE_UID_GID) + sum(tail)))
-    return tuple(out)
-
-
-@lru_cache(maxsize=64)
-def _npy_template(descr: str, digits: int) -> tuple[bytes, bytes]:
-    """numpy's v1.0 header of a 1-D array split around its length; the padding depends only
-    on the number of digits of the length."""
-    n = 10 ** (digits - 1)
-    buf = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        buf, {"descr": descr, "fortran_order": False, "shape": (n,)}
-    )
-    head, tail = buf.getvalue().split(b"(%d," % n)
-    return head + b"(", b"," + tail
-
-
-def _npy_header(descr: str, n: int) -> bytes:
-    head, tail = _npy_template(descr, len(str(n)))
-    return head + str(n).encode() + tail
-
-
-# member kind (numpy descr; "" for the meta) -> length -> what _member returns
-_MEMBERS_BY_LENGTH: dict[str, dict[int, tuple]] = {}
-_META_MEMBERS = _MEMBERS_BY_LENGTH.setdefault("", {})
-_CACHED_BELOW = 1 << 14  # lengths cached (most documents have one of a few thousand)
-
-
-def _member(cache: dict, descr: str, itemsize: int, n: int) -> tuple:
-    """Of a member holding a length-``n`` array of ``descr`` (or, for descr "", ``n`` bytes
-    of JSON): (size digits + NUL + mtime, header end + npy header, padding, bytes of the
-    whole member, sum of the size digits, offset of its data from the header)."""
-    npy = _npy_header(descr, n) if descr else b""
-    size = len(npy) + n * itemsize
-    digits = b"%011o" % size
-    pad = _ZEROS[: -size % _BLOCK]
-    entry = (
-        digits + b"\x00" + _MTIME, _HEADER_END + npy, pad, _BLOCK + size + len(pad),
-        sum(digits), _BLOCK + len(npy),
-    )  # fmt: skip
-    if n < _CACHED_BELOW:
-        cache[n] = entry
-    return entry
-
-
-_json_str = json.JSONEncoder(ensure_ascii=False).encode
 
 
 class PackedDocs:
     """A batch of documents ready for ``ShardWriter.add_batch``.
 
-    ``ids`` (any integer dtype), ``word_start`` (bool) and ``bounds`` (``len + 1`` token
-    offsets) give the documents concatenated, as ``Tokenizer.encode_flat_with_word_starts``
-    returns them. The ids become the shard's dtype in one conversion, and the flags of every
-    document are packed by one ``np.packbits`` with each document starting on a byte
-    boundary, which is exactly ``np.packbits`` of each document alone. A member's data is
-    then a slice of one of two buffers.
+    ``ids`` (any integer dtype), ``word_start`` and ``sentence_start`` (bool) and ``bounds``
+    (``len + 1`` token offsets) give the documents concatenated, as
+    ``Tokenizer.encode_flat_with_starts`` returns them; without ``sentence_start`` each
+    document is one sentence. The ids become the shard's dtype in one conversion, and the
+    flags of every document are packed by one ``np.packbits`` per kind with each document
+    starting on a byte boundary, which is exactly ``np.packbits`` of each document alone. A
+    member's data is then a slice of one of three buffers.
     """
 
-    __slots__ = ("ids", "ws", "tok_bounds", "ws_bounds", "itemsize", "dtype")
+    __slots__ = (
+        "ids", "ws", "ss", "tok_bounds", "ws_bounds", "itemsize", "dtype", "first_ss",
+        "sentences",
+    )  # fmt: skip
 
-    def __init__(self, ids, word_start, bounds, dtype):
+    def __init__(self, ids, word_start, bounds, dtype, sentence_start=None):
         self.dtype = dtype = np.dtype(dtype)
         ids, word_start = np.asarray(ids), np.asarray(word_start, dtype=bool)
         bounds = np.asarray(bounds, dtype=np.int64)
         lens = np.diff(bounds)
+        if sentence_start is None:
+            sentence_start = np.zeros(len(ids), dtype=bool)
+            sentence_start[bounds[:-1][lens > 0]] = True
+        sentence_start = np.asarray(sentence_start, dtype=bool)
         if (
             ids.ndim != 1
             or ids.shape != word_start.shape
+            or ids.shape != sentence_start.shape
             or bounds.ndim != 1
             or len(bounds) < 1
             or bounds[0] != 0
             or bounds[-1] != len(ids)
             or (lens < 0).any()
         ):
-            raise ValueError("ids and word_start must be 1-D arrays of equal length")
+            raise ValueError("ids, word_start and sentence_start must be 1-D of equal length")
         if len(ids):
             hi, lo = int(ids.max()), int(ids.min())
             if hi > np.iinfo(dtype).max or lo < 0:
@@ -155,10 +87,17 @@ class PackedDocs:
         is_flag[np.repeat(8 * ws_bounds[1:], pad) - 1 - back] = False
         bits = np.zeros(len(is_flag), dtype=bool)
         bits[is_flag] = word_start
-        self.ids = memoryview(np.ascontiguousarray(ids.astype(dtype, copy=False))).cast("B")
         self.ws = memoryview(np.packbits(bits)).cast("B")
+        bits[is_flag] = sentence_start  # the padding bits stay False
+        self.ss = memoryview(np.packbits(bits)).cast("B")
+        self.ids = memoryview(np.ascontiguousarray(ids.astype(dtype, copy=False))).cast("B")
         self.tok_bounds, self.ws_bounds = bounds, ws_bounds
         self.itemsize = dtype.itemsize
+        # Per document: whether its first token starts a sentence (an empty one: True; the
+        # writer refuses others) and its number of sentences.
+        self.first_ss = np.ones(len(lens), dtype=bool)
+        self.first_ss[lens > 0] = sentence_start[bounds[:-1][lens > 0]]
+        self.sentences = np.diff(np.searchsorted(np.flatnonzero(sentence_start), bounds))
 
     def __len__(self) -> int:
         return len(self.tok_bounds) - 1
@@ -182,9 +121,10 @@ class ShardWriter:
         self._unsummed = 0  # rows from here on still lack their member crc32s
         self._flushed = 0  # bytes written to the file
         self.tokens = 0
+        self.sentences = 0
         self._keys: set[bytes] = set()
-        self._ids_members = _MEMBERS_BY_LENGTH.setdefault(self._descr, {})
-        self._ws_members = _MEMBERS_BY_LENGTH.setdefault("|u1", {})
+        self._ids_members = MEMBERS_BY_LENGTH.setdefault(self._descr, {})
+        self._ws_members = MEMBERS_BY_LENGTH.setdefault("|u1", {})
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -206,22 +146,24 @@ class ShardWriter:
     def _sum_members(self, parts: list) -> None:
         """The member crc32s of the queued documents, whose records lie in ``parts`` (the
         queued bytes, starting at ``self._flushed``): computed where the bytes already are,
-        one pass over one joined buffer in the common case."""
+        one pass over one joined buffer in the common case. Row columns: 5-9 the member
+        bounds, 10 the record's crc32, 11-14 the members' (``INDEX_COLUMNS``)."""
         rows, base, crc32 = self._rows[self._unsummed :], self._flushed, zlib.crc32
         self._unsummed = len(self._rows)
         if len(parts) == 1:
             mv = memoryview(parts[0])
             for row in rows:
-                a, b, c, d = row[5] - base, row[6] - base, row[7] - base, row[8] - base
-                row[9] = crc32(mv[a:d])
-                row[10], row[11], row[12] = crc32(mv[a:b]), crc32(mv[b:c]), crc32(mv[c:d])
+                a, b, c, d, e = (x - base for x in row[5:10])
+                row[10] = crc32(mv[a:e])
+                row[11], row[12] = crc32(mv[a:b]), crc32(mv[b:c])
+                row[13], row[14] = crc32(mv[c:d]), crc32(mv[d:e])
             return
         # Parts left unjoined (a long document is not copied): walk them once. A member
         # may span several parts; a part never spans two records.
         it, part, start = iter(parts), memoryview(b""), base  # part covers [start, +len)
         for row in rows:
             record = 0
-            for k in range(3):
+            for k in range(4):
                 a, b, crc = row[5 + k], row[6 + k], 0
                 while a < b:
                     while a >= start + len(part):
@@ -229,16 +171,24 @@ class ShardWriter:
                     piece = part[a - start : min(b, start + len(part)) - start]
                     crc, record = crc32(piece, crc), crc32(piece, record)
                     a += len(piece)
-                row[10 + k] = crc
-            row[9] = record
+                row[11 + k] = crc
+            row[10] = record
 
-    def add(self, key: str, doc_id: str, ids: np.ndarray, word_start: np.ndarray) -> None:
-        """Append one document. ``key`` must be unique in the shard, short, without '.' or '/'."""
+    def add(
+        self,
+        key: str,
+        doc_id: str,
+        ids: np.ndarray,
+        word_start: np.ndarray,
+        sentence_start: np.ndarray | None = None,
+    ) -> None:
+        """Append one document. ``key`` must be unique in the shard, short, without '.' or
+        '/'. Without ``sentence_start`` the document is one sentence (its first token)."""
         ids = np.asarray(ids)
         if ids.ndim != 1 or len(ids) != len(word_start):
             raise ValueError("ids and word_start must be 1-D arrays of equal length")
         self._check_keys([key])
-        docs = PackedDocs(ids, word_start, [0, len(ids)], self.dtype)
+        docs = PackedDocs(ids, word_start, [0, len(ids)], self.dtype, sentence_start)
         self.add_batch(docs, [0], [key], [doc_id])
 
     def _check_keys(self, keys: list[str]) -> list[bytes]:
@@ -277,56 +227,68 @@ class ShardWriter:
         if not len(which) == len(keys) == len(doc_ids):
             raise ValueError("which, keys and doc_ids must have the same length")
         kbs = self._check_keys(keys)
+        picked = np.asarray(which, dtype=np.int64)
+        if not docs.first_ss[picked].all():  # the reader promises a first sentence at 0
+            bad = doc_ids[int(np.argmin(docs.first_ss[picked]))]
+            raise ValueError(f"document {bad!r}: its first token must start a sentence")
         stop = stop_at if stop_at is not None else 1 << 62
         tb, wb = docs.tok_bounds.tolist(), docs.ws_bounds.tolist()
-        idv, wsv, isz, descr = docs.ids, docs.ws, docs.itemsize, self._descr
-        ids_cache, ws_cache, meta_cache = self._ids_members, self._ws_members, _META_MEMBERS
-        pending, rows, crc32, json_str = self._pending, self._rows, zlib.crc32, _json_str
+        idv, wsv, ssv, isz, descr = docs.ids, docs.ws, docs.ss, docs.itemsize, self._descr
+        ids_cache, ws_cache, meta_cache = self._ids_members, self._ws_members, META_MEMBERS
+        pending, rows, crc32, dumps = self._pending, self._rows, zlib.crc32, json_str
         key_len = -1
         size, tokens, count, queued = self._size, 0, 0, self._pending_bytes
         for j, kb, doc_id in zip(which, kbs, doc_ids, strict=True):
             if len(kb) != key_len:  # all keys of a unit have one length: once per batch
                 key_len = len(kb)
-                (t1, c1), (t2, c2), (t3, c3) = _name_tails(key_len)
+                (t1, c1), (t2, c2), (t3, c3), (t4, c4) = name_tails(key_len)
             i0, i1, w0, w1 = tb[j], tb[j + 1], wb[j], wb[j + 1]
             n, nw = i1 - i0, w1 - w0
-            d1, e1, p1, m1, s1, o1 = ids_cache.get(n) or _member(ids_cache, descr, isz, n)
-            d2, e2, p2, m2, s2, o2 = ws_cache.get(nw) or _member(ws_cache, "|u1", 1, nw)
-            ids_data, ws_data = idv[i0 * isz : i1 * isz], wsv[w0:w1]
+            d1, e1, p1, m1, s1, o1 = ids_cache.get(n) or member_parts(ids_cache, descr, isz, n)
+            # word and sentence starts: members of the same length, only their names differ
+            d2, e2, p2, m2, s2, o2 = ws_cache.get(nw) or member_parts(ws_cache, "|u1", 1, nw)
+            ids_data, ws_data, ss_data = idv[i0 * isz : i1 * isz], wsv[w0:w1], ssv[w0:w1]
             # == json.dumps({"id": doc_id, "tokens": n}, ensure_ascii=False), without the dict
-            meta = b'{"id": %s, "tokens": %d}' % (json_str(doc_id).encode("utf-8"), n)
-            d3, e3, p3, m3, s3, _ = meta_cache.get(len(meta)) or _member(
+            meta = b'{"id": %s, "tokens": %d}' % (dumps(doc_id).encode("utf-8"), n)
+            d4, e4, p4, m4, s4, _ = meta_cache.get(len(meta)) or member_parts(
                 meta_cache, "", 1, len(meta)
             )
             ks = sum(kb)
             pending += (
                 kb, t1, d1, b"%06o\x00 " % (c1 + ks + s1), e1, ids_data, p1,
                 kb, t2, d2, b"%06o\x00 " % (c2 + ks + s2), e2, ws_data, p2,
-                kb, t3, d3, b"%06o\x00 " % (c3 + ks + s3), e3, meta, p3,
+                kb, t3, d2, b"%06o\x00 " % (c3 + ks + s2), e2, ss_data, p2,
+                kb, t4, d4, b"%06o\x00 " % (c4 + ks + s4), e4, meta, p4,
             )  # fmt: skip
-            ids_end, ws_end = size + m1, size + m1 + m2
+            ids_end = size + m1
+            ws_end = ids_end + m2
+            ss_end = ws_end + m2
             rows.append([
                 size + o1, n, ids_end + o2, nw, crc32(ws_data, crc32(ids_data)),
-                size, ids_end, ws_end, ws_end + m3, 0, 0, 0, 0,  # crc32s: at the flush
+                size, ids_end, ws_end, ss_end, ss_end + m4,
+                0, 0, 0, 0, 0,  # crc32s: at the flush
+                ws_end + o2,
             ])  # fmt: skip
-            size += m1 + m2 + m3
-            queued += m1 + m2 + m3
+            record = m1 + 2 * m2 + m4
+            size += record
+            queued += record
             tokens += n
             count += 1
             if queued >= 1 << 20:  # one join and write per ~1 MB
-                self._flush(join=m1 <= _BIG_MEMBER)  # a long document is not copied
+                self._flush(join=m1 <= BIG_MEMBER)  # a long document is not copied
                 queued = 0
             if size >= stop:
                 break
         self._size, self._pending_bytes = size, queued
         self.tokens += tokens
+        self.sentences += int(docs.sentences[picked[:count]].sum())
         self._keys.update(kbs[:count])
         return count
 
     def close(self, split: str) -> ShardInfo:
         """Finish the tar, write the index, fsync, and rename both into place (index first)."""
-        end = 2 * _BLOCK  # tarfile's end-of-archive marker, then padding to a whole record
-        tail = bytes(end + (-(self._size + end) % _RECORD))
+        end = 2 * BLOCK  # tarfile's end-of-archive marker, then padding to a whole record
+        tail = bytes(end + (-(self._size + end) % RECORD))
         self._size += len(tail)
         self._pending.append(tail)
         self._flush()
@@ -351,6 +313,7 @@ class ShardWriter:
             sha256=self._sha.hexdigest(),
             index=idx_name,
             index_sha256=sha256_file(self.dir / idx_name),
+            sentences=self.sentences,
         )
 
     def abort(self) -> None:

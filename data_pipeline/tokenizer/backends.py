@@ -7,7 +7,9 @@ Every backend encodes plain text only: special-token strings in the text are ord
 ``lossless`` backends map text to tokens whose surfaces (``surfaces()``) concatenate to the
 text's exact UTF-8 bytes, so token byte offsets are a cumulative sum and decode gives the
 text back. That holds for the sentencepiece models this project trains (identity
-normalisation, no dummy prefix, byte fallback) and for GPT-2/RoBERTa byte-level BPE.
+normalisation, no dummy prefix, byte fallback) and for GPT-2/RoBERTa byte-level BPE, not
+for WordPiece (kind ``wordpiece``: lowercased, whitespace dropped) nor other HF models
+(``hf``), whose word starts come from character offsets (``encode_offsets``).
 """
 
 from __future__ import annotations
@@ -150,18 +152,19 @@ class HFBackend:
         self.size = max(vocab.values(), default=-1) + 1
         model = self.plain.get("model") or {}
         pre = self.plain.get("pre_tokenizer") or {}
-        self.kind = (
-            "bytelevel"
-            if (
-                model.get("type") == "BPE"
-                and self.plain.get("normalizer") is None
-                and pre.get("type") == "ByteLevel"
-                and not pre.get("add_prefix_space")
-                and not model.get("continuing_subword_prefix")
-                and not model.get("end_of_word_suffix")
-            )
-            else "hf"
-        )
+        if (
+            model.get("type") == "BPE"
+            and self.plain.get("normalizer") is None
+            and pre.get("type") == "ByteLevel"
+            and not pre.get("add_prefix_space")
+            and not model.get("continuing_subword_prefix")
+            and not model.get("end_of_word_suffix")
+        ):
+            self.kind = "bytelevel"
+        elif model.get("type") == "WordPiece":
+            self.kind = "wordpiece"  # lossy: offsets give word starts, decode is approximate
+        else:
+            self.kind = "hf"
         self.lossless = self.kind == "bytelevel"
         # WordPiece marks word-internal pieces ("##ing"): the classic whole-word rule
         self.continuing_prefix = (

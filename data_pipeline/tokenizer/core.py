@@ -1,4 +1,4 @@
-"""The tokenizer: train, load, save, encode with word starts, decode.
+"""The tokenizer: train, load, save, encode with word and sentence starts, decode.
 
 One class, ``Tokenizer``, over two engines (``backends``): sentencepiece for
 ``spm-bpe`` (trained here, lossless) and foreign ``spm.model`` files (``spm-unigram``,
@@ -12,7 +12,8 @@ lossless: ``decode(encode(t)) == t`` for any Unicode text, with zero UNK. Texts 
 ``MAX_CHARS`` are encoded in pieces cut at a single space/newline between non-space
 characters, which gives exactly the ids of the whole text for both trained kinds; only a
 window without such a position is cut hard (ids near the cut may then differ; decoding is
-still exact). A saved directory also loads in ``transformers.AutoTokenizer`` with the same
+still exact). Sentence starts (``sentences``) are found on the whole text, so the cuts do
+not move them. A saved directory also loads in ``transformers.AutoTokenizer`` with the same
 ids; the one known difference: ``spm-bpe`` spells a literal U+2581 ("▁", sentencepiece's
 space symbol) with byte pieces to stay lossless, where sentencepiece and HF treat it as a
 space.
@@ -35,6 +36,11 @@ from itertools import chain
 import numpy as np
 
 from data_pipeline.tokenizer.hf_files import split_added_tokens
+from data_pipeline.tokenizer.sentences import (
+    flags_at_chars,
+    sentence_start_chars,
+    sentence_starts_from_bytes,
+)
 from data_pipeline.tokenizer.specials import (
     APPEND_ORDER,
     FIELDS,
@@ -115,7 +121,7 @@ class Tokenizer:
             table = self._begins.copy()
         self.word_start_table: np.ndarray = table | self._special_mask
         # tokenizers that drop whitespace (WordPiece, ...) need character offsets
-        self._offsets_only = self.kind == "hf"
+        self._offsets_only = self.kind in ("hf", "wordpiece")
 
     def _fingerprint(self) -> str:
         payload = {
@@ -217,15 +223,57 @@ class Tokenizer:
         """``encode_batch_with_word_starts`` concatenated: (all ids, all flags, the token
         bounds of each text, ``len(texts) + 1``). Preprocessing writes whole batches from
         these, with no array per text."""
-        if self._offsets_only or (segment_zh and not self._backend.lossless):
-            pairs = [self._encode_by_offsets(t, segment_zh) for t in texts]
+        ids, words, _, bounds = self._encode_flat_starts(texts, segment_zh, False, None)
+        return ids, words, bounds
+
+    def encode_with_starts(
+        self, text: str, segment_zh: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, word-start flags, sentence-start flags) of one text; see
+        ``encode_flat_with_starts``."""
+        ids, words, sentences, _ = self.encode_flat_with_starts([text], segment_zh)
+        return ids, words, sentences
+
+    def encode_flat_with_starts(
+        self,
+        texts: list[str],
+        segment_zh: bool = False,
+        contexts: list[str | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(all ids, word-start flags, sentence-start flags, token bounds of each text):
+        ``encode_flat_with_word_starts`` plus sentence starts (``tokenizer.sentences``: the
+        first token of each non-empty text and the token holding each later sentence's
+        first character). Every sentence start is also a word start.
+
+        ``contexts[k]``, when given and not None, is the text before ``texts[k]`` in the
+        same document (``texts[k]`` is a later piece of it): sentence rules then apply
+        across the join and the first token is not forced to start a sentence."""
+        if contexts is not None and len(contexts) != len(texts):
+            raise ValueError("contexts must have one entry (or None) per text")
+        ids, words, sentences, bounds = self._encode_flat_starts(texts, segment_zh, True, contexts)
+        words |= sentences
+        return ids, words, sentences, bounds
+
+    def _encode_flat_starts(
+        self, texts: list[str], segment_zh: bool, sentences: bool, contexts
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """(ids, word starts, sentence starts or None unless ``sentences``, bounds)."""
+        lossless = self._backend.lossless
+        if self._offsets_only or (not lossless and (segment_zh or sentences)):
+            ctxs = contexts if contexts is not None else [None] * len(texts)
+            triples = [
+                self._encode_by_offsets(t, segment_zh, sentences, c)
+                for t, c in zip(texts, ctxs, strict=True)
+            ]
             bounds = np.zeros(len(texts) + 1, dtype=np.int64)
-            np.cumsum([len(ids) for ids, _ in pairs], out=bounds[1:])
-            if not pairs:
-                return np.zeros(0, np.int64), np.zeros(0, bool), bounds
+            np.cumsum([len(ids) for ids, _, _ in triples], out=bounds[1:])
+            if not triples:
+                empty = np.zeros(0, bool)
+                return np.zeros(0, np.int64), empty, empty.copy() if sentences else None, bounds
             return (
-                np.concatenate([p[0] for p in pairs]),
-                np.concatenate([p[1] for p in pairs]),
+                np.concatenate([p[0] for p in triples]),
+                np.concatenate([p[1] for p in triples]),
+                np.concatenate([p[2] for p in triples]) if sentences else None,
                 bounds,
             )
         flat, bounds = self._encode_flat(texts)
@@ -235,7 +283,10 @@ class Tokenizer:
                 if HAN_RUN.search(t):
                     lo, hi = bounds[k], bounds[k + 1]
                     starts[lo:hi] |= self._zh_flags(t, flat[lo:hi])
-        return flat, starts, bounds
+        sents = None
+        if sentences:  # lossless: token byte offsets are a cumulative sum of byte counts
+            sents = sentence_starts_from_bytes(texts, self._nbytes[flat], bounds, contexts)
+        return flat, starts, sents, bounds
 
     def _zh_flags(self, text: str, ids: np.ndarray) -> np.ndarray:
         """jieba word starts of a lossless encoding, one ~MAX_CHARS piece at a time."""
@@ -249,12 +300,22 @@ class Tokenizer:
             pos += size
         return out
 
-    def _encode_by_offsets(self, text: str, segment_zh: bool) -> tuple[np.ndarray, np.ndarray]:
-        """Word starts from the engine's character offsets (lossy or whitespace-dropping)."""
-        all_ids, all_starts, prev_ws = [], [], True
+    def _encode_by_offsets(
+        self, text: str, segment_zh: bool, sentences: bool = False, context: str | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Word starts (and sentence starts if ``sentences``) from the engine's character
+        offsets (lossy or whitespace-dropping tokenizers), one ``MAX_CHARS`` piece at a time:
+        (ids, word starts, sentence starts or None)."""
+        all_ids, all_starts, all_sents, prev_ws = [], [], [], True
+        marks = sentence_start_chars(text, context) if sentences else None
+        base, carry = 0, not context  # a sentence flag owed to the next token
         for piece in cut_text(text, MAX_CHARS):
             ids, offs = self._backend.encode_offsets(piece)
-            if self._offsets_only:
+            if self.kind == "wordpiece":
+                # BERT's whole-word masking: every piece not marked "##" starts a word (so
+                # punctuation and each CJK character are words of their own, as in BERT).
+                st = self.word_start_table[ids]
+            elif self._offsets_only:
                 st = starts_from_offsets(piece, offs, self._special_mask[ids], prev_ws)
             else:
                 st = starts_from_tables(
@@ -268,10 +329,20 @@ class Tokenizer:
                     st[0] |= self._ends[all_ids[-1][-1]]
             if segment_zh and HAN_RUN.search(piece):
                 st |= zh_starts_from_chars(piece, offs)
+            if sentences:
+                lo, hi = np.searchsorted(marks, [base, base + len(piece)])
+                ss, past_end = flags_at_chars(offs, marks[lo:hi] - base)
+                if len(ids):
+                    ss[0] |= carry
+                    carry = False
+                carry |= past_end
+                all_sents.append(ss)
             all_ids.append(ids)
             all_starts.append(st)
             prev_ws = prev_ws if not piece else piece[-1] in WHITESPACE
-        return np.concatenate(all_ids), np.concatenate(all_starts)
+            base += len(piece)
+        sents = np.concatenate(all_sents) if sentences else None
+        return np.concatenate(all_ids), np.concatenate(all_starts), sents
 
     def encode_for_model(self, text: str) -> np.ndarray:
         """[cls] + ids + [sep]; special-token strings in ``text`` become their ids (a mask

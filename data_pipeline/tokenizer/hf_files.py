@@ -12,7 +12,9 @@
   plain (specials-free) tokenizer JSON; ``write_hf_configs`` writes
   ``tokenizer_config.json`` and ``special_tokens_map.json`` so that
   ``AutoTokenizer.from_pretrained(dir)`` loads ``tokenizer.json`` verbatim.
-- ``read_hf_specials`` reads the special-token strings of a foreign HF directory.
+- ``read_hf_specials`` reads the special-token strings of a foreign HF directory;
+  ``bytelevel_plain`` / ``wordpiece_plain`` build the tokenizer of GPT-2 ``vocab.json`` +
+  ``merges.txt`` / a BERT ``vocab.txt`` as transformers does.
 - ``split_added_tokens`` finds special-token strings in a text exactly as HF does.
 """
 
@@ -98,6 +100,37 @@ def spm_to_hf(proto) -> dict:
     return json.loads(tok.to_str())
 
 
+def bytelevel_plain(vocab: Path, merges: Path) -> dict:
+    """GPT-2/RoBERTa ``vocab.json`` + ``merges.txt`` as HF's RobertaTokenizer builds them (no
+    prefix space): plain tokenizer JSON (dict)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    return json.loads(tok.to_str())
+
+
+def wordpiece_plain(vocab_txt: Path, config: dict) -> dict:
+    """A BERT ``vocab.txt`` as transformers' ``BertTokenizer`` builds it (BertNormalizer,
+    BertPreTokenizer, WordPiece with "##"), settings from its ``tokenizer_config.json``
+    (``config``; uncased by default): plain tokenizer JSON (dict)."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    unk = config.get("unk_token", "[UNK]")
+    unk = unk.get("content", "[UNK]") if isinstance(unk, dict) else str(unk)
+    tok = Tokenizer(models.WordPiece.from_file(str(vocab_txt), unk_token=unk))
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True,
+        handle_chinese_chars=bool(config.get("tokenize_chinese_chars", True)),
+        strip_accents=config.get("strip_accents"),
+        lowercase=bool(config.get("do_lower_case", True)),
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    return json.loads(tok.to_str())
+
+
 def full_hf_json(
     plain: dict, specials: list[tuple[int, str, bool, bool]], cls: str, sep: str, family: str
 ) -> str:
@@ -133,11 +166,13 @@ def split_full_json(full: dict) -> tuple[dict, list[dict]]:
     return plain, [a for a in added if a.get("special")]
 
 
-def write_hf_configs(out_dir: Path, tokens: dict[str, str]) -> None:
+def write_hf_configs(out_dir: Path, tokens: dict[str, str], bert_wordpiece: bool = False) -> None:
     """``tokenizer_config.json`` + ``special_tokens_map.json`` for ``tokens`` (field -> string).
 
     ``PreTrainedTokenizerFast`` takes ``tokenizer.json`` as it is (transformers 4 and 5);
     model-specific classes may rebuild the tokenizer from other files instead.
+    ``bert_wordpiece``: BERT-uncased WordPiece; the config names ``BertTokenizerFast``, which
+    loads ``tokenizer.json`` as it is too, with the BERT settings for ``vocab.txt`` readers.
     """
     named = {f"{k}_token": v for k, v in tokens.items()}
     named.update(bos_token=tokens["cls"], eos_token=tokens["sep"])
@@ -146,6 +181,13 @@ def write_hf_configs(out_dir: Path, tokens: dict[str, str]) -> None:
         "clean_up_tokenization_spaces": False,
         **named,
     }
+    if bert_wordpiece:
+        config.update(
+            tokenizer_class="BertTokenizerFast",
+            do_lower_case=True,
+            tokenize_chinese_chars=True,
+            strip_accents=None,
+        )
     _write_json(out_dir / "tokenizer_config.json", config)
     _write_json(out_dir / "special_tokens_map.json", named)
 

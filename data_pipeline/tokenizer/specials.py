@@ -1,5 +1,6 @@
-"""The five special tokens every model here needs, per family, and the tokenizer kinds
-(shared by the tokenizer and its storage, which must not import each other)."""
+"""The five special tokens every model here needs, per family, the tokenizer kinds, and
+the model families ``train`` knows (shared by the tokenizer and its storage, which must
+not import each other)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,17 @@ FAMILIES: dict[str, SpecialTokens] = {
     "bert": SpecialTokens("[CLS]", "[SEP]", "[PAD]", "[UNK]", "[MASK]"),  # DeBERTa, ELECTRA
 }
 FIELDS = ("cls", "sep", "pad", "unk", "mask")
-KINDS = ("spm-bpe", "bytelevel")  # the kinds ``train`` makes
+KINDS = ("spm-bpe", "bytelevel", "wordpiece")  # the kinds ``train`` makes
+# The model families ``train`` accepts: (their special-token family in ``FAMILIES``, the
+# tokenizer kind of their papers). RoBERTa: GPT-2 byte-level BPE; BERT and ELECTRA:
+# WordPiece (uncased); ALBERT and DeBERTa-v3: sentencepiece (trained here as ``spm-bpe``).
+MODEL_FAMILIES: dict[str, tuple[str, str]] = {
+    "roberta": ("roberta", "bytelevel"),
+    "bert": ("bert", "wordpiece"),
+    "electra": ("bert", "wordpiece"),
+    "albert": ("bert", "spm-bpe"),
+    "deberta": ("bert", "spm-bpe"),
+}
 # ids 0-4 of trained tokenizers: RoBERTa's order, and DeBERTa-v3's ([PAD]=0 [CLS]=1 ...)
 TRAIN_ORDER = {
     "roberta": ("cls", "pad", "sep", "unk", "mask"),

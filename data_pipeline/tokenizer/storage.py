@@ -4,7 +4,9 @@ Loading looks, in order, for
 1. ``tokenizer_meta.json`` (written by ``save``): names the engine file and the specials;
 2. ``spm.model`` / ``spiece.model``: a sentencepiece model (DeBERTa-v3, ALBERT, ...);
 3. ``tokenizer.json``: any HF ``tokenizers`` tokenizer;
-4. ``vocab.json`` + ``merges.txt``: GPT-2/RoBERTa byte-level BPE.
+4. ``vocab.json`` + ``merges.txt``: GPT-2/RoBERTa byte-level BPE;
+5. ``vocab.txt``: a BERT WordPiece vocabulary (lowercased unless ``tokenizer_config.json``
+   says ``"do_lower_case": false``), built as transformers' ``BertTokenizer`` builds it.
 Without our metadata the special tokens come from ``tokenizer_config.json`` /
 ``special_tokens_map.json`` when present, else from the vocabulary (``<s>``/``<mask>``:
 RoBERTa's five, ``[CLS]``/``[MASK]``: BERT's). Specials missing from the vocabulary are
@@ -20,25 +22,30 @@ from pathlib import Path
 
 from data_pipeline.tokenizer.backends import HFBackend, SpmBackend
 from data_pipeline.tokenizer.hf_files import (
+    bytelevel_plain,
     full_hf_json,
     read_hf_specials,
     split_full_json,
+    wordpiece_plain,
     write_hf_configs,
 )
 from data_pipeline.tokenizer.specials import (
     FAMILIES,
     FIELDS,
     KINDS,
+    MODEL_FAMILIES,
     TRAIN_ORDER,
     SpecialTokens,
     TokenizerError,
 )
 from data_pipeline.tokenizer.training import (
     MIN_VOCAB,
+    MIN_VOCAB_REASON,
     Budget,
     TrainingError,
     train_bytelevel,
     train_spm_bpe,
+    train_wordpiece,
 )
 
 META_NAME = "tokenizer_meta.json"
@@ -46,6 +53,9 @@ META_FORMAT = "encoder-pretraining-tokenizer"
 META_VERSION = 1
 SPM_NAMES = ("spm.model", "spiece.model")
 HF_CONFIG_NAMES = ("tokenizer_config.json", "special_tokens_map.json")  # write_hf_configs
+# the model files HF tokenizers writes for a kind, saved next to tokenizer.json
+MODEL_FILES = {"bytelevel": ("vocab.json", "merges.txt"), "wordpiece": ("vocab.txt",)}
+TRAINERS = {"spm-bpe": train_spm_bpe, "bytelevel": train_bytelevel, "wordpiece": train_wordpiece}
 
 
 def _error(msg: str) -> TokenizerError:
@@ -54,6 +64,12 @@ def _error(msg: str) -> TokenizerError:
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())[:300]
+
+
+def _choices(names) -> str:
+    """``a, b or c``."""
+    names = list(names)
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else "".join(names)
 
 
 def _read_json(path: Path):
@@ -76,22 +92,16 @@ def _engine(d: Path, name: str):
             plain, specials = split_full_json(full)
             return HFBackend(plain), specials
         if name == "vocab.json":
-            return HFBackend(_bytelevel_plain(d / "vocab.json", d / "merges.txt")), []
+            return HFBackend(bytelevel_plain(d / "vocab.json", d / "merges.txt")), []
+        if name == "vocab.txt":
+            cfg = d / "tokenizer_config.json"
+            config = _read_json(cfg) if cfg.is_file() else {}
+            return HFBackend(wordpiece_plain(path, config if isinstance(config, dict) else {})), []
     except TokenizerError:
         raise
     except Exception as e:  # noqa: BLE001 - any library failure on a bad file is "cannot load"
         raise _error(f"{path}: cannot load ({_one_line(e)})") from e
     raise _error(f"{path}: unknown tokenizer engine file")
-
-
-def _bytelevel_plain(vocab: Path, merges: Path) -> dict:
-    """GPT-2/RoBERTa files as HF's RobertaTokenizer builds them (no prefix space)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    tok = Tokenizer(models.BPE.from_file(str(vocab), str(merges)))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    return json.loads(tok.to_str())
 
 
 def load_dir(cls, path):
@@ -106,14 +116,18 @@ def load_dir(cls, path):
             backend, specials_json = _engine(d, meta["engine"])
             tokens = SpecialTokens(**meta["special_tokens"])
             flags = {k: (bool(v[0]), bool(v[1])) for k, v in meta.get("flags", {}).items()}
-        except (KeyError, TypeError, IndexError) as e:
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
             raise _error(f"{d / META_NAME}: not a valid tokenizer metadata file ({e})") from e
-        return cls(backend, tokens, {a["content"]: a["id"] for a in specials_json}, flags)
+        tok = cls(backend, tokens, {a["content"]: a["id"] for a in specials_json}, flags)
+        tok.model_family = meta.get("model_family")  # the --family it was trained for
+        return tok
     name = next((n for n in SPM_NAMES if (d / n).is_file()), None)
     if name is None and (d / "tokenizer.json").is_file():
         name = "tokenizer.json"
     if name is None and (d / "vocab.json").is_file() and (d / "merges.txt").is_file():
         name = "vocab.json"
+    if name is None and (d / "vocab.txt").is_file():
+        name = "vocab.txt"
     if name is None:
         raise _error(
             f"{d}: not a tokenizer directory "
@@ -174,9 +188,7 @@ def save_dir(tok, out_dir, copy_from=None) -> None:
         raise _error(f"{d}: cannot create directory ({e.strerror or e})") from e
     backend = tok._backend
     engine = "spm.model" if isinstance(backend, SpmBackend) else "tokenizer.json"
-    writes = {engine, "tokenizer.json"} | (
-        {"vocab.json", "merges.txt"} if tok.kind == "bytelevel" else set()
-    )
+    writes = {engine, "tokenizer.json", *MODEL_FILES.get(tok.kind, ())}
     copied = None
     if copy_from is not None:
         if Path(copy_from).resolve() == d.resolve():
@@ -187,7 +199,7 @@ def save_dir(tok, out_dir, copy_from=None) -> None:
         # replacing an earlier tokenizer: until the new metadata exists the directory must
         # not pass for the old one, and none of the old engine files may linger
         (d / META_NAME).unlink()
-        for name in {*SPM_NAMES, "vocab.json", "merges.txt"} - writes:
+        for name in {*SPM_NAMES, *(n for names in MODEL_FILES.values() for n in names)} - writes:
             (d / name).unlink(missing_ok=True)
     if copied is not None:
         for name, data in sorted(copied.items(), key=lambda kv: kv[0] == META_NAME):
@@ -195,7 +207,7 @@ def save_dir(tok, out_dir, copy_from=None) -> None:
         return
     if engine == "spm.model":
         _write_bytes(d / engine, backend.proto_bytes)
-    elif tok.kind == "bytelevel":  # RoBERTa/fairseq-style vocab.json + merges.txt as well
+    elif tok.kind in MODEL_FILES:  # RoBERTa's vocab.json + merges.txt, BERT's vocab.txt
         backend.tok.model.save(str(d))
     specials = [(i, t, *tok._flags.get(t, (False, False))) for t, i in tok._special.items()]
     try:
@@ -205,12 +217,13 @@ def save_dir(tok, out_dir, copy_from=None) -> None:
     except ValueError as e:
         raise _error(f"{d}: cannot write tokenizer.json ({_one_line(e)})") from e
     _write_bytes(d / "tokenizer.json", full.encode("utf-8"))
-    write_hf_configs(d, asdict(tok.specials))
+    write_hf_configs(d, asdict(tok.specials), bert_wordpiece=tok.kind == "wordpiece")
     meta = {
         "format": META_FORMAT,
         "version": META_VERSION,
         "kind": tok.kind,
         "family": tok.family,
+        **({"model_family": mf} if (mf := getattr(tok, "model_family", None)) else {}),
         "engine": engine,
         "vocab_size": tok.vocab_size,
         "fingerprint": tok.fingerprint,
@@ -232,31 +245,37 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def train_and_save(cls, texts, out_dir, vocab_size, kind, family, max_train_bytes):
+    """Train, save to ``out_dir`` and load back. ``family``: a model family of
+    ``MODEL_FAMILIES`` (its special tokens; and its usual kind when ``kind`` is None)."""
+    if family not in MODEL_FAMILIES:
+        raise _error(f"unknown family {family!r} (choose {_choices(MODEL_FAMILIES)})")
+    specials_family, usual_kind = MODEL_FAMILIES[family]
+    kind = usual_kind if kind is None else kind
     if kind not in KINDS:
-        raise _error(f"unknown tokenizer kind {kind!r} (choose {' or '.join(KINDS)})")
-    if family not in FAMILIES:
-        raise _error(f"unknown family {family!r} (choose {' or '.join(FAMILIES)})")
+        raise _error(f"unknown tokenizer kind {kind!r} (choose {_choices(KINDS)})")
     if not isinstance(vocab_size, int) or vocab_size < MIN_VOCAB[kind]:
         raise _error(
             f"vocab_size must be an integer >= {MIN_VOCAB[kind]} for {kind} "
-            f"(256 byte symbols + special tokens), got {vocab_size!r}"
+            f"({MIN_VOCAB_REASON[kind]}), got {vocab_size!r}"
         )
     if max_train_bytes is not None and max_train_bytes <= 0:
         raise _error(f"max_train_bytes must be positive, got {max_train_bytes}")
-    tokens = FAMILIES[family]
-    order = [(f, getattr(tokens, f)) for f in TRAIN_ORDER[family]]
+    tokens = FAMILIES[specials_family]
+    order = [(f, getattr(tokens, f)) for f in TRAIN_ORDER[specials_family]]
     budget = Budget(max_train_bytes)
     try:
-        if kind == "spm-bpe":
-            backend, added = SpmBackend(train_spm_bpe(texts, vocab_size, order, budget)), {}
-        else:
-            trained = train_bytelevel(texts, vocab_size, order, budget)
-            plain, specials_json = split_full_json(trained)
-            backend = HFBackend(plain)
-            added = {a["content"]: a["id"] for a in specials_json}
+        trained = TRAINERS[kind](texts, vocab_size, order, budget)
     except TrainingError as e:
         raise _error(str(e)) from e
-    cls(backend, tokens, added).save(out_dir)
+    if kind == "spm-bpe":
+        backend, added = SpmBackend(trained), {}
+    else:
+        plain, specials_json = split_full_json(trained)
+        backend = HFBackend(plain)
+        added = {a["content"]: a["id"] for a in specials_json}
+    tok = cls(backend, tokens, added)
+    tok.model_family = family
+    tok.save(out_dir)
     tok = cls.load(out_dir)
     tok.train_stats = {"texts": budget.texts, "bytes": budget.bytes, "truncated": budget.truncated}
     return tok

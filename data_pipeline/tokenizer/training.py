@@ -1,4 +1,4 @@
-"""Training the two tokenizer kinds from an iterable of texts (lazily consumed).
+"""Training the three tokenizer kinds from an iterable of texts (lazily consumed).
 
 ``spm-bpe``: sentencepiece BPE, lossless. Identity normalisation (no NFKC), spaces kept as
 they are (no collapsing, no dummy prefix), whitespace-only pieces allowed (indentation
@@ -11,7 +11,15 @@ newline itself is the user symbol) and long lines are cut before a space.
 ``bytelevel``: GPT-2/RoBERTa byte-level BPE with HF ``tokenizers`` (256 byte symbols, no
 normalisation, no prefix space), lossless by construction.
 
-Both put the family's five special tokens at ids 0-4.
+``wordpiece``: BERT-uncased WordPiece with HF ``tokenizers``: ``BertNormalizer`` (clean
+text, lowercase, strip accents, spaces around CJK characters), ``BertPreTokenizer``
+(whitespace and punctuation), "##" marking word-internal pieces. Lossy by design: case,
+accents and whitespace are gone, and a word with a character outside the learned alphabet
+becomes [UNK]. The alphabet keeps the most frequent characters, at most a quarter of the
+vocabulary (their "##" forms take up to another quarter), so the vocabulary never exceeds
+``vocab_size``.
+
+All put the family's five special tokens at ids 0-4.
 """
 
 from __future__ import annotations
@@ -26,7 +34,17 @@ from data_pipeline.tokenizer.words import cut_text
 USER_SYMBOLS = ("\n", "\t")
 MAX_LINE_CHARS = 4096  # <= 16 KiB of UTF-8: well under max_sentence_length below
 MAX_SENTENCE_BYTES = 1 << 15
-MIN_VOCAB = {"spm-bpe": 256 + 5 + len(USER_SYMBOLS) + 1, "bytelevel": 256 + 5 + 1}
+MIN_VOCAB = {
+    "spm-bpe": 256 + 5 + len(USER_SYMBOLS) + 1,
+    "bytelevel": 256 + 5 + 1,
+    "wordpiece": 5 + 4 * 32,  # room for an alphabet of 32 characters
+}
+# why a kind needs at least MIN_VOCAB ids (for error messages)
+MIN_VOCAB_REASON = {
+    "spm-bpe": "256 byte symbols + special tokens",
+    "bytelevel": "256 byte symbols + special tokens",
+    "wordpiece": "special tokens + an alphabet",
+}
 
 
 class TrainingError(ValueError):
@@ -46,6 +64,7 @@ class Budget:
         self.error: BaseException | None = None
 
     def take(self, texts: Iterable[str]) -> Iterator[str]:
+        """``texts`` until the budget is spent, counted; an input error ends them."""
         it = iter(texts)
         while True:
             try:
@@ -66,6 +85,7 @@ class Budget:
             yield text
 
     def check(self) -> None:
+        """Re-raise the input's exception, if there was one."""
         if self.error is not None:
             raise self.error
 
@@ -146,10 +166,42 @@ def train_bytelevel(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=2,
-        special_tokens=[tok for _, tok in order],
+        special_tokens=[t for _, t in order],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
+
+    return _train_hf(tok, trainer, texts, budget)
+
+
+def train_wordpiece(
+    texts: Iterable[str], vocab_size: int, order: list[tuple[str, str]], budget: Budget
+) -> dict:
+    """The JSON (dict) of an HF BERT-uncased WordPiece tokenizer without post-processor."""
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    unk = dict(order)["unk"]
+    tok = Tokenizer(models.WordPiece(unk_token=unk, continuing_subword_prefix="##"))
+    # strip_accents=None: follows lowercase, as in transformers' BertTokenizer
+    tok.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=True
+    )
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[t for _, t in order],
+        limit_alphabet=(vocab_size - len(order)) // 4,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
+    return _train_hf(tok, trainer, texts, budget)
+
+
+def _train_hf(tok, trainer, texts: Iterable[str], budget: Budget) -> dict:
+    """Train an HF ``tokenizers`` pipeline; its JSON (dict)."""
 
     def pieces() -> Iterator[str]:  # bounded memory per item for huge documents
         for text in budget.take(texts):

@@ -6,6 +6,7 @@ memory. Each architecture defines its keys (see its ``param_counts``): ``total``
 parameter of the pretraining model; for RoBERTa and ELECTRA ``embedding`` is the token /
 position / type embeddings with their LayerNorm and ``backbone = total - embedding``; RTD
 models also show each network as its HF class counts it (both with the shared embeddings).
+Presets from a paper (``PAPER_PARAMS`` of the module) also show the paper's rounded figure.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def main(args) -> int:
         arch, kwargs = presets[name]
         try:
             rows[name] = {"arch": arch, **preset_counts(arch, kwargs, args.vocab_size)}
+            paper = getattr(arch_module(arch), "PAPER_PARAMS", {}).get(name)
+            if paper:  # the paper's rounded figure, beside our exact count
+                rows[name]["paper"] = paper
         except (TypeError, ValueError) as e:
             raise CommandError(f"preset {name}: {e}") from e
     if args.json:
@@ -87,6 +91,8 @@ def main(args) -> int:
     for name, row in rows.items():
         print(f"{name}  ({row['arch']}, vocab {row['vocab_size']:,})")
         for key, value in row.items():
-            if key not in ("arch", "vocab_size"):
+            if key not in ("arch", "vocab_size", "paper"):
                 print(f"  {key:<14}{_fmt(value)}")
+        if "paper" in row:
+            print(f"  {'paper':<14}{row['paper']:>13}  (the paper's rounded figure)")
     return 0

@@ -22,9 +22,9 @@ from data_pipeline.shards import Manifest, ShardFormatError
 from pretrain import engine
 from pretrain.config import ConfigError, RunConfig, load_config, to_toml
 from pretrain.engine.ds_config import build_ds_config, resolve_dtype
-from pretrain.models import arch_module, tokenizer_family_note
+from pretrain.models import arch_module
 from pretrain.train import train
-from pretrain.train.build import build_model
+from pretrain.train.build import build_model, check_tokenizer
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +79,7 @@ def dry_run(cfg: RunConfig, world_size: int | None) -> int:
         accum = cfg.batch.grad_accum(world)
         dtype = resolve_dtype(cfg.precision.dtype, device)
         ds = build_ds_config(cfg, world, dtype)
+        note = check_tokenizer(cfg, tok)
         with torch.device("meta"):  # parameter counts without allocating the weights
             model = build_model(dataclasses.replace(cfg, init_from=None), tok)
     except (ConfigError, ValueError) as e:
@@ -94,7 +95,7 @@ def dry_run(cfg: RunConfig, world_size: int | None) -> int:
     print(f"tokens per step = {cfg.batch.global_batch_size * cfg.data.seq_len:,}")
     print(f"precision = {dtype}")
     print(f"parameters = {counts}  ({vocab_note})")
-    if note := tokenizer_family_note(cfg.model.arch, tok):
+    if note:
         print(note)
     print("deepspeed config = " + json.dumps(ds, indent=1, sort_keys=True))
     return 0

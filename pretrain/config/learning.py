@@ -61,6 +61,22 @@ class DataConfig(LoaderConfig):
     """Tokenizer directory copied into checkpoints and exports; default SHARD_DIR/tokenizer."""
     attend_within_document: bool = True
     """Restrict attention to the query's own document in packed rows (segment ids)."""
+    tokenizer_mismatch: str = "error"
+    """A shards' tokenizer whose special tokens are of another family than model.arch's
+    (e.g. RoBERTa's <s> </s> for BERT): "error" refuses to start, naming both; "warn" trains
+    anyway with a warning."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tokenizer_mismatch not in ("error", "warn"):
+            raise unknown_value_error(
+                "data.tokenizer_mismatch", self.tokenizer_mismatch, ("error", "warn")
+            )
+
+    def attention_segments(self) -> bool:
+        """Whether the model gets segment ids: packed documents kept apart. Pair rows hold one
+        pair (A and B attend to each other), so their padding mask says everything."""
+        return self.attend_within_document and self.packing != "pairs"
 
     def tokenizer_path(self) -> Path:
         return (

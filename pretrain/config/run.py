@@ -26,6 +26,7 @@ from pretrain.config.runtime import (
     ZeroConfig,
 )
 from pretrain.config.toml_io import ConfigError, apply_override, from_dict, tomllib
+from pretrain.models import PAIR_ARCHITECTURES
 
 
 @dataclass
@@ -80,6 +81,11 @@ class RunConfig:
             raise ConfigError(
                 "optimizer.name=lamb needs zero.stage=0: ZeRO hands the optimizer "
                 "flattened partitions, so LAMB's per-layer trust ratio would be wrong"
+            )
+        if self.data.packing == "pairs" and self.model.arch not in PAIR_ARCHITECTURES:
+            raise ConfigError(
+                f'data.packing = "pairs" needs a model with a sentence-pair head '
+                f"({', '.join(PAIR_ARCHITECTURES)}), not model.arch = {self.model.arch!r}"
             )
         total = self.schedule.total_steps or self.max_steps
         if self.schedule.kind != "constant" and total <= self.schedule.warmup_steps:

@@ -107,11 +107,18 @@ class Engine:
         """Model outputs (sums and counts) for one micro-batch."""
         dev = self.device
         seg = batch["segment_ids"].to(dev, non_blocking=True) if segments else None
+        # Sentence-pair rows (data.packing = "pairs") also carry token types and a label each.
+        pairs = {
+            k: batch[k].to(dev, non_blocking=True)
+            for k in ("token_type_ids", "sentence_labels")
+            if k in batch
+        }
         return self.ds(
             input_ids=batch["input_ids"].to(dev, non_blocking=True),
             attention_mask=batch["attention_mask"].to(dev, non_blocking=True),
             labels=batch["labels"].to(dev, non_blocking=True),
             segment_ids=seg,
+            **pairs,
         )
 
     def backward(self, loss: torch.Tensor) -> None:

@@ -24,8 +24,11 @@ unbucketed: max_relative_positions, or max_position_embeddings when that is < 1)
 
 The MLM head runs only on the predicted fraction p of tokens (sparse head):
 p * (2 h e + 2 e V) (dense h->e, GELU, LayerNorm, tied decoder e->V; e = h except for
-ELECTRA's generator, which projects to embedding_size). An input projection
-embedding_size -> h, where present (ELECTRA), costs 2 e h per token. RTD models count the
+ELECTRA's generator and ALBERT, which project to embedding_size). An input projection
+embedding_size -> h, where present (ELECTRA; ALBERT always), costs 2 e h per token. ALBERT's
+shared layers cost what unshared ones do (each layer runs; with inner_group_num > 1 each runs
+that many). BERT and ALBERT add the pooler and the NSP/SOP classifier on [CLS], once per
+sequence: (2 h^2 + 4 h) / T per token. RTD models count the
 generator (its own width and depth, MLM head on p), the discriminator, and the RTD head
 (dense h->h, then h->1) on every token.
 
@@ -50,6 +53,8 @@ from dataclasses import dataclass
 import torch
 
 _ARCH_MODULES = {
+    "pretrain.models.bert": "bert",
+    "pretrain.models.albert": "albert",
     "pretrain.models.roberta": "roberta",
     "pretrain.models.electra": "electra",
     "pretrain.models.deberta": "deberta",
@@ -117,7 +122,10 @@ def flops_breakdown(
     rel_rows = 2 * _att_span(cfg) if arch == "deberta" else 0
     emb = getattr(cfg, "embedding_size", None) or h  # ELECTRA's shared embedding width
 
-    disc = _Encoder(h, cfg.num_hidden_layers, cfg.intermediate_size, rel_rows)
+    depth = cfg.num_hidden_layers
+    if arch == "albert" and getattr(cfg, "share", "all") == "all":
+        depth *= cfg.inner_group_num  # every layer runs its group's inner layers
+    disc = _Encoder(h, depth, cfg.intermediate_size, rel_rows)
     gen = None
     if rtd:
         gen = _Encoder(
@@ -136,18 +144,20 @@ def flops_breakdown(
         if emd and enc is mlm:
             layers -= 1  # with EMD the last layer's full pass is never computed, only the EMD
         out.update({f"{prefix}{k}": v * layers for k, v in _layer_flops(enc, t, b).items()})
-        if emb != enc.hidden:
+        if emb != enc.hidden or arch == "albert":  # ALBERT keeps its E -> H map even at E = H
             out[f"{prefix}embed_proj"] = 2.0 * emb * enc.hidden
 
     # Sparse MLM head on the predicted fraction: dense (hidden -> head width), GELU,
     # LayerNorm, tied decoder onto the vocabulary. ELECTRA's generator head projects to
     # embedding_size (the tied table's width); RoBERTa's and DeBERTa's keep the hidden size.
-    head_width = emb if arch == "electra" else mlm.hidden
+    head_width = emb if arch in ("electra", "albert") else mlm.hidden
     out["mlm_head"] = p * (2.0 * mlm.hidden * head_width + 2.0 * head_width * cfg.vocab_size)
     if emd:
         out["emd"] = EMD_REPEATS * _emd_pass(mlm, t, b, p)
     if rtd:
         out["rtd_head"] = 2.0 * h * h + 2.0 * h  # dense h -> h, then h -> 1 logit
+    if arch in ("bert", "albert"):  # pooler (h -> h) and NSP/SOP classifier (h -> 2) on [CLS]
+        out["pair_head"] = (2.0 * h * h + 4.0 * h) / t
     return out
 
 

@@ -4,7 +4,7 @@ resolves both (``arch_module``, ``hf_module``). Shared pieces: ``base`` (the com
 fields and the HF-config check), ``layers`` (BERT-style blocks), ``common`` (masks, sparse
 loss sums, sampling, initialisation), ``hf_io`` (HF directories, weights-only).
 
-Every architecture module (``roberta``, ``electra``, ``deberta``) defines:
+Every architecture module (``bert``, ``albert``, ``roberta``, ``electra``, ``deberta``) defines:
 
 ``Config``
     a dataclass extending ``base.EncoderConfig`` (one docstring per field) with the
@@ -19,12 +19,16 @@ Every architecture module (``roberta``, ``electra``, ``deberta``) defines:
         ``input_ids``/``attention_mask``/``labels``: (B, L) int64, labels -100 where
         nothing is predicted; ``segment_ids``: (B, L) int, when given attention is
         restricted to equal non-zero segment ids (packed documents kept apart).
+        Sentence-pair models (``PAIR_ARCHITECTURES``: BERT's NSP, ALBERT's SOP) also take
+        ``token_type_ids`` (B, L) and ``sentence_labels`` (B,), -100 for rows without a pair.
         Returns *sums and counts, never means*, so that the objective can normalise
         by the global count of predicted tokens across micro-batches and ranks:
 
         - ``mlm_loss_sum`` (float), ``mlm_correct`` (int), ``mlm_count`` (int):
           cross-entropy summed over positions with ``labels != -100`` (for RTD
           models: the generator's MLM);
+        - pair models, when ``sentence_labels`` is given: ``sentence_loss_sum``,
+          ``sentence_correct``, ``sentence_count`` (rows with a label);
         - RTD models also: ``rtd_loss_sum`` (BCE summed over ``attention_mask == 1``
           positions), ``rtd_correct``, ``rtd_count``, ``replaced_count``, and for precision
           and recall on replaced tokens ``rtd_pred_pos`` (flagged as replaced) and
@@ -52,28 +56,65 @@ import importlib
 from types import ModuleType
 
 ARCHITECTURES = {
+    "bert": "pretrain.models.bert",
+    "albert": "pretrain.models.albert",
     "roberta": "pretrain.models.roberta",
     "electra": "pretrain.models.electra",
     "deberta": "pretrain.models.deberta",
 }
 
 
-# The special-token family of each architecture's published tokenizers (README, section 1):
-# RoBERTa <s> <pad> </s> <unk> <mask>; ELECTRA and DeBERTa [CLS] [SEP] [PAD] [UNK] [MASK].
-TOKENIZER_FAMILY = {"roberta": "roberta", "electra": "bert", "deberta": "bert"}
+# Architectures with a sentence-pair head (their forward takes token_type_ids and
+# sentence_labels; data.packing = "pairs" feeds them).
+PAIR_ARCHITECTURES = ("bert", "albert")
+
+# The special-token family of each architecture's published tokenizers (docs/models.md):
+# RoBERTa <s> <pad> </s> <unk> <mask>; the others [CLS] [SEP] [PAD] [UNK] [MASK].
+TOKENIZER_FAMILY = {
+    "bert": "bert",
+    "albert": "bert",
+    "roberta": "roberta",
+    "electra": "bert",
+    "deberta": "bert",
+}
+# The tokenizer kind the papers used: WordPiece (BERT, ELECTRA), sentencepiece (ALBERT,
+# DeBERTa-v3), GPT-2 byte-level BPE (RoBERTa); `train-tokenizer --family ARCH` trains it.
+TOKENIZER_KIND = {
+    "bert": "wordpiece",
+    "albert": "spm",
+    "roberta": "bytelevel",
+    "electra": "wordpiece",
+    "deberta": "spm",
+}
 
 
-def tokenizer_family_note(arch: str, tokenizer_info: dict) -> str | None:
-    """A warning when the shards' tokenizer is of another family than ``arch``'s papers use
-    (it trains, but exports and fill-mask then speak another token convention)."""
+def tokenizer_mismatch(arch: str, tokenizer_info: dict) -> tuple[str | None, str | None]:
+    """(error, note) about the shards' tokenizer (``manifest.tokenizer``) for ``arch``.
+
+    error: its special tokens are of another family than ``arch``'s (it would train, but the
+    export and fill-mask then speak another token convention); note: another kind of
+    vocabulary than the paper's (e.g. sentencepiece for BERT), which is a legitimate choice.
+    """
     want, got = TOKENIZER_FAMILY.get(arch), tokenizer_info.get("family")
-    if want is None or got is None or got == want:
-        return None
-    return (
-        f"warning: {arch} is usually trained with a {want}-family tokenizer; the shards' "
-        f"tokenizer is of the {got} family (train one with `train-tokenizer --family {want}` "
-        "to match the published models)"
-    )
+    fix = f"train one with `python -m data_pipeline train-tokenizer --family {arch}`"
+    if want is not None and got is not None and got != want:
+        return (
+            f"model.arch = {arch} expects a {want}-family tokenizer "
+            f"({_SPECIALS[want]}), but the shards' tokenizer is of the {got} family "
+            f'({_SPECIALS.get(got, "?")}); {fix}, or set data.tokenizer_mismatch = "warn" '
+            "to train anyway",
+            None,
+        )
+    kind, usual = tokenizer_info.get("kind"), TOKENIZER_KIND.get(arch)
+    if kind and usual and kind != "synthetic" and not kind.startswith(usual):
+        return (
+            None,
+            f"note: {arch} is usually trained with a {usual} tokenizer, the shards' is {kind} ({fix})",
+        )
+    return None, None
+
+
+_SPECIALS = {"roberta": "<s> </s> <pad> <unk> <mask>", "bert": "[CLS] [SEP] [PAD] [UNK] [MASK]"}
 
 
 def arch_module(arch: str) -> ModuleType:

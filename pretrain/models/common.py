@@ -126,6 +126,19 @@ def mlm_sums(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Ten
     }
 
 
+def sentence_sums(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Sentence-pair classification (BERT's NSP, ALBERT's SOP) over (B, 2) logits: summed
+    cross-entropy, number correct and count over rows whose label is not IGNORE_INDEX (empty
+    rows of the loader carry IGNORE_INDEX). Label 0: B follows A (HF's convention for
+    ``next_sentence_label`` and ``sentence_order_label``); 1: random B / swapped."""
+    loss = F.cross_entropy(logits.float(), labels, reduction="sum", ignore_index=IGNORE_INDEX)
+    return {
+        "sentence_loss_sum": loss,
+        "sentence_correct": (logits.argmax(-1) == labels).sum(),
+        "sentence_count": (labels != IGNORE_INDEX).sum(),
+    }
+
+
 def rtd_sums(
     logits: torch.Tensor, is_replaced: torch.Tensor, attention_mask: torch.Tensor
 ) -> dict[str, torch.Tensor]:

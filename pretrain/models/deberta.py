@@ -160,6 +160,13 @@ PRESETS = {
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
     ),  # generator: 12 layers
 }
+# The papers' rounded figures (`params` prints them beside the exact counts).
+PAPER_PARAMS = {
+    "deberta-v3-xsmall": "22M backbone + 48M embedding",
+    "deberta-v3-small": "44M backbone + 98M embedding",
+    "deberta-v3-base": "86M backbone + 98M embedding",
+    "deberta-v3-large": "304M backbone + 131M embedding",
+}
 
 
 class Model(nn.Module):

@@ -113,6 +113,8 @@ PRESETS = {
         intermediate_size=4096,
     ),
 }
+# The papers' rounded figures (`params` prints them beside the exact counts).
+PAPER_PARAMS = {"electra-small": "14M", "electra-base": "110M", "electra-large": "335M"}
 
 
 class ElectraEncoder(nn.Module):

@@ -74,3 +74,41 @@ def load_converted_state(
     if bad:
         raise ValueError(f"{source}: shape mismatch: {'; '.join(bad)}")
     model.load_state_dict(state, strict=False)
+
+
+def normalise_keys(
+    state: dict[str, torch.Tensor],
+    prefix: str,
+    tied: tuple[tuple[str, str], ...],
+    source,
+    drop: tuple[str, ...] = (),
+) -> dict[str, torch.Tensor]:
+    """Map the key variants HF has written over the years onto a ``*ForPreTraining`` /
+    ``*ForMaskedLM`` state dict whose encoder lives under ``prefix`` (e.g. ``"bert."``):
+
+    - a bare encoder's keys (``embeddings.``, ``encoder.``, ``pooler.``) get the prefix;
+    - position-id / token-type-id buffers and keys starting with ``drop`` are removed;
+    - LayerNorm ``gamma`` / ``beta`` (files converted from the TF checkpoints, which
+      transformers renames on load too) become ``weight`` / ``bias``;
+    - ``tied``: (key, twin) pairs of tied copies older files store (the decoder): accepted
+      only if equal to their twin, then dropped; otherwise a one-line ``ValueError``.
+    """
+    out = {}
+    for key, value in state.items():
+        if key.startswith(("embeddings.", "encoder.", "pooler.")):
+            key = prefix + key
+        if key.endswith((".position_ids", ".token_type_ids")) or key.startswith(drop):
+            continue
+        if key.endswith(".gamma"):
+            key = key.removesuffix("gamma") + "weight"
+        elif key.endswith(".beta"):
+            key = key.removesuffix("beta") + "bias"
+        out[key] = value
+    for key, twin in tied:
+        if key in out:
+            copy = out.pop(key)
+            if twin in out and not torch.equal(copy, out[twin]):
+                raise ValueError(
+                    f"{source}: {key} differs from {twin}; untied heads are not supported"
+                )
+    return out

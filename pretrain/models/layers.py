@@ -8,7 +8,8 @@ from HF only in how it is organised:
 
 - attention is one ``F.scaled_dot_product_attention`` call; with no padding and no packed
   segments the mask is dropped (``attn_mask=None``) so flash kernels can run on GPU;
-- the all-zero token-type lookup is a broadcast add of row 0 (same values, same gradient);
+- without ``token_type_ids`` the all-zero token-type lookup is a broadcast add of row 0
+  (same values, same gradient);
 - no decoder / cross-attention / KV-cache paths, no pooler (pretraining never uses them).
 """
 
@@ -58,10 +59,18 @@ class Embeddings(nn.Module):
         self.LayerNorm = nn.LayerNorm(size, eps=eps)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         x = self.word_embeddings(input_ids)  # (B, T, E)
-        # Every token has type 0 in pretraining: add row 0 instead of an all-zero lookup.
-        x = x + self.token_type_embeddings.weight[0]
+        if token_type_ids is None:
+            # Single-segment rows have type 0 everywhere: add row 0, not an all-zero lookup.
+            x = x + self.token_type_embeddings.weight[0]
+        else:  # sentence pairs: [CLS] A [SEP] type 0, B [SEP] type 1
+            x = x + self.token_type_embeddings(token_type_ids)
         x = x + self.position_embeddings(position_ids)  # same summation order as HF
         return self.dropout(self.LayerNorm(x))
 

@@ -72,6 +72,8 @@ PRESETS = {
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
     ),  # 355.4 M
 }
+# The papers' rounded figures (`params` prints them beside the exact counts).
+PAPER_PARAMS = {"roberta-base": "125M", "roberta-large": "355M"}
 
 
 class RobertaEncoder(nn.Module):

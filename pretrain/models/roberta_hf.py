@@ -13,7 +13,7 @@ from dataclasses import asdict
 import torch
 
 from pretrain.models.base import BERT_LIKE, check_hf_config, config_kwargs
-from pretrain.models.hf_io import load_converted_state, load_hf_dir, save_hf_dir
+from pretrain.models.hf_io import load_converted_state, load_hf_dir, normalise_keys, save_hf_dir
 from pretrain.models.roberta import Config, Model
 
 
@@ -66,23 +66,10 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
 
 
 def _normalise_keys(state: dict[str, torch.Tensor], source) -> dict[str, torch.Tensor]:
-    """Map the key variants HF has written over the years onto ``RobertaForMaskedLM``'s."""
-    out = {}
-    for key, value in state.items():
-        if key.startswith(("embeddings.", "encoder.", "pooler.")):  # RobertaModel: no prefix
-            key = "roberta." + key
-        if key.endswith((".position_ids", ".token_type_ids")) or key.startswith("roberta.pooler."):
-            continue  # buffers and the unused pooler
-        out[key] = value
-    # Older files also store the tied decoder; accept it only if it really is tied.
-    for key, twin in (
+    """Key variants of older files onto ``RobertaForMaskedLM``'s (see ``normalise_keys``);
+    the pooler is not used for MLM pretraining and is dropped."""
+    tied = (
         ("lm_head.decoder.weight", "roberta.embeddings.word_embeddings.weight"),
         ("lm_head.decoder.bias", "lm_head.bias"),
-    ):
-        if key in out:
-            tied = out.pop(key)
-            if twin in out and not torch.equal(tied, out[twin]):
-                raise ValueError(
-                    f"{source}: {key} differs from {twin}; untied heads are not supported"
-                )
-    return out
+    )
+    return normalise_keys(state, "roberta.", tied, source, drop=("roberta.pooler.",))

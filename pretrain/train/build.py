@@ -16,7 +16,7 @@ import torch
 from data_pipeline.common import CommandError
 from pretrain.checkpoint import CHECKPOINTS, ResumePoint, find_resume
 from pretrain.config import RunConfig
-from pretrain.models import arch_module, hf_module
+from pretrain.models import arch_module, hf_module, tokenizer_mismatch
 from pretrain.train import audit
 
 
@@ -29,6 +29,15 @@ def seed_all(seed: int) -> None:
 def is_rtd(config) -> bool:
     """Whether a model config trains replaced-token detection (else plain MLM)."""
     return getattr(config, "objective", "rtd") == "rtd" and hasattr(config, "rtd_weight")
+
+
+def check_tokenizer(cfg: RunConfig, tokenizer_info: dict) -> str | None:
+    """Refuse a tokenizer of another special-token family than the architecture's (unless
+    ``data.tokenizer_mismatch = "warn"``); returns what to print (a warning or a note)."""
+    error, note = tokenizer_mismatch(cfg.model.arch, tokenizer_info)
+    if error and cfg.data.tokenizer_mismatch == "error":
+        raise CommandError(error)
+    return f"warning: {error}" if error else note
 
 
 def build_model(cfg: RunConfig, tokenizer_info: dict):

@@ -43,10 +43,11 @@ def train_step(
     """One optimizer step over this rank's micro-batches of the global batch (``failure``:
     why this rank has none; every rank then raises the same ``AgreedError``)."""
     failed = torch.tensor([float(failure is not None)], dtype=torch.float64)
-    counts = engine.all_reduce(torch.cat([local_counts(batches), failed]))  # N_mlm, N_tok, fails
-    if counts[2]:
+    # N_mlm, N_tok, N_pair, fails
+    counts = engine.all_reduce(torch.cat([local_counts(batches), failed]))
+    if counts[3]:
         raise agreed_error(failure)
-    counts = counts[:2]
+    counts = counts[:3]
     objective.set_step(counts, engine.grad_accum, engine.world_size)
     finite = torch.ones((), dtype=torch.bool, device=engine.device)
     lr = engine.lr
@@ -78,9 +79,10 @@ def evaluate(s: Session) -> dict[str, float]:
             # Agreed per micro-batch: a ZeRO-3 forward has collectives of its own.
             if e.all_reduce(torch.tensor([float(failure is not None)]), op="max").item():
                 raise agreed_error(failure)
-            sums += raw_sums(e.forward(batches[0], s.cfg.data.attend_within_document), s.rtd)
+            sums += raw_sums(e.forward(batches[0], s.cfg.data.attention_segments()), s.rtd)
         e.train(True)
-    return eval_metrics(e.all_reduce(sums), s.rtd, s.objective.rtd_weight)
+    o = s.objective
+    return eval_metrics(e.all_reduce(sums), s.rtd, o.rtd_weight, o.pair_task)
 
 
 def _take(it: Iterator, n: int, timer=None) -> tuple[list[dict], str | None]:
@@ -102,7 +104,7 @@ def train(cfg, resume: str = "auto", overwrite: bool = False) -> Session:
         s = Session(cfg, resume, overwrite)
         try:
             e, p, step = s.engine, s.policy, s.state.step
-            segments = cfg.data.attend_within_document  # keep packed documents apart
+            segments = cfg.data.attention_segments()  # keep packed documents apart
             if p.nothing_to_train():
                 return s
             if step == 0 and p.eval_due(0):  # eval.at_start: the untrained model

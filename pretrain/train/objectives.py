@@ -5,9 +5,11 @@ A micro-batches on each of W ranks, the objective is
 
     MLM:  L = S_mlm / N_mlm
     RTD:  L = S_mlm / N_mlm + rtd_weight * S_rtd / N_rtd
+    pair: L = S_mlm / N_mlm + S_pair / N_pair     (BERT's NSP, ALBERT's SOP)
 
 where S_* sum over all micro-batches and ranks and N_* are the global numbers of
-predicted tokens (labels != -100 for MLM, real tokens for RTD). Averaging per micro-batch
+predicted tokens (labels != -100 for MLM, real tokens for RTD, rows with a sentence label
+for NSP/SOP: each term by its own count, as HF's BertForPreTraining adds two means). Averaging per micro-batch
 instead would weight a token by how full its micro-batch happens to be.
 
 DeepSpeed divides each micro-batch loss by A (``scale_wrt_gas``) and averages gradients
@@ -33,16 +35,23 @@ SUM_KEYS = (
     "rtd_replaced",  # real tokens the generator's sample changed (positives of RTD)
     "rtd_true_pos",  # ... of which the discriminator flagged
     "rtd_pred_pos",  # real tokens the discriminator flagged
+    "sentence_loss",  # NSP / SOP
+    "sentence_correct",
+    "sentence_count",
 )
+_SENTENCE = ("sentence_loss_sum", "sentence_correct", "sentence_count")
 # Model output of each RTD count in SUM_KEYS (after the loss sum).
 _RTD_COUNTS = ("rtd_correct", "rtd_count", "replaced_count", "rtd_true_pos", "rtd_pred_pos")
 
 
 def local_counts(batches: Sequence[dict]) -> torch.Tensor:
-    """(N_mlm, N_tokens) of this rank's micro-batches, float64 (exact up to 2**53)."""
+    """(N_mlm, N_tokens, N_pairs) of this rank's micro-batches, float64 (exact up to 2**53)."""
     n_mlm = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
     n_tok = sum(int(b["attention_mask"].sum()) for b in batches)
-    return torch.tensor([n_mlm, n_tok], dtype=torch.float64)
+    n_pair = sum(
+        int((b["sentence_labels"] != IGNORE_INDEX).sum()) for b in batches if "sentence_labels" in b
+    )
+    return torch.tensor([n_mlm, n_tok, n_pair], dtype=torch.float64)
 
 
 class Objective:
@@ -53,19 +62,23 @@ class Objective:
     over steps until ``take_sums()``; the trainer all-reduces them once per logged step.
     """
 
-    def __init__(self, rtd: bool, rtd_weight: float = 1.0):
-        self.rtd, self.rtd_weight = rtd, float(rtd_weight)
-        self._scale_mlm = self._scale_rtd = 0.0
-        self._inv_mlm = self._inv_rtd = 0.0
+    def __init__(self, rtd: bool, rtd_weight: float = 1.0, pair_task: str | None = None):
+        """``pair_task``: "nsp" or "sop" when the model has a sentence-pair head fed by pair
+        rows (the metrics are named after it), else None."""
+        self.rtd, self.rtd_weight, self.pair_task = rtd, float(rtd_weight), pair_task
+        self._scale_mlm = self._scale_rtd = self._scale_pair = 0.0
+        self._inv_mlm = self._inv_rtd = self._inv_pair = 0.0
         self._sums: torch.Tensor | None = None
         self.steps = 0
 
     def set_step(self, global_counts: torch.Tensor, grad_accum: int, world_size: int) -> None:
-        n_mlm, n_tok = (float(x) for x in global_counts.tolist())
+        n_mlm, n_tok, n_pair = (float(x) for x in global_counts.tolist())
         # A step with nothing to predict has zero loss sums; max(., 1) keeps them finite.
         self._inv_mlm, self._inv_rtd = 1.0 / max(n_mlm, 1.0), 1.0 / max(n_tok, 1.0)
+        self._inv_pair = 1.0 / max(n_pair, 1.0)
         self._scale_mlm = grad_accum * world_size * self._inv_mlm
         self._scale_rtd = grad_accum * world_size * self._inv_rtd * self.rtd_weight
+        self._scale_pair = grad_accum * world_size * self._inv_pair
         self.steps += 1
 
     def loss(self, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -73,6 +86,8 @@ class Objective:
         loss = out["mlm_loss_sum"] * self._scale_mlm
         if self.rtd:
             loss = loss + out["rtd_loss_sum"] * self._scale_rtd
+        if self.pair_task:
+            loss = loss + out["sentence_loss_sum"] * self._scale_pair
         self._accumulate(out)
         return loss
 
@@ -89,6 +104,11 @@ class Objective:
             vals += [out[k] for k in _RTD_COUNTS]
         else:
             vals += [0.0] * (1 + len(_RTD_COUNTS))
+        if self.pair_task:
+            vals += [out["sentence_loss_sum"].detach().double() * self._inv_pair]
+            vals += [out["sentence_correct"], out["sentence_count"]]
+        else:
+            vals += [0.0] * len(_SENTENCE)
         device = out["mlm_loss_sum"].device
         vec = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device) for v in vals])
         self._sums = vec if self._sums is None else self._sums + vec
@@ -117,10 +137,16 @@ class Objective:
             m["loss"] = m["mlm_loss"] + self.rtd_weight * m["rtd_loss"]
         else:
             m["loss"] = m["mlm_loss"]
+        if self.pair_task:
+            m[f"{self.pair_task}_loss"] = s["sentence_loss"] / steps
+            m[f"{self.pair_task}_acc"] = s["sentence_correct"] / max(s["sentence_count"], 1.0)
+            m["loss"] += m[f"{self.pair_task}_loss"]
         return {"loss": m.pop("loss"), **m}
 
 
-def eval_metrics(global_sums: torch.Tensor, rtd: bool, rtd_weight: float) -> dict[str, float]:
+def eval_metrics(
+    global_sums: torch.Tensor, rtd: bool, rtd_weight: float, pair_task: str | None = None
+) -> dict[str, float]:
     """Validation metrics from all-reduced raw sums (``SUM_KEYS`` order, losses unnormalised)."""
     s = dict(zip(SUM_KEYS, global_sums.tolist(), strict=True))
     m = {
@@ -132,6 +158,11 @@ def eval_metrics(global_sums: torch.Tensor, rtd: bool, rtd_weight: float) -> dic
         m["eval_rtd_loss"] = s["rtd_loss"] / max(s["rtd_count"], 1.0)
         m.update({f"eval_{k}": v for k, v in _rtd_rates(s).items()})
         loss += rtd_weight * m["eval_rtd_loss"]
+    if pair_task:
+        n = max(s["sentence_count"], 1.0)
+        m[f"eval_{pair_task}_loss"] = s["sentence_loss"] / n
+        m[f"eval_{pair_task}_acc"] = s["sentence_correct"] / n
+        loss += m[f"eval_{pair_task}_loss"]
     return {"eval_loss": loss, **m}
 
 
@@ -148,8 +179,8 @@ def _rtd_rates(s: dict[str, float]) -> dict[str, float]:
 
 def raw_sums(out: dict[str, torch.Tensor], rtd: bool) -> torch.Tensor:
     """One micro-batch's unnormalised sums in ``SUM_KEYS`` order (for evaluation)."""
+    zero = out["mlm_loss_sum"].new_zeros((), dtype=torch.float64)
     keys = ["mlm_loss_sum", "mlm_correct", "mlm_count"]
-    keys += ["rtd_loss_sum", *_RTD_COUNTS] if rtd else []
-    vals = [out[k].detach().double() for k in keys]
-    vals += [out["mlm_loss_sum"].new_zeros((), dtype=torch.float64)] * (len(SUM_KEYS) - len(keys))
-    return torch.stack(vals)
+    keys += ["rtd_loss_sum", *_RTD_COUNTS] if rtd else [None] * (1 + len(_RTD_COUNTS))
+    keys += _SENTENCE if "sentence_loss_sum" in out else [None] * len(_SENTENCE)
+    return torch.stack([zero if k is None else out[k].detach().double() for k in keys])

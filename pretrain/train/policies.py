@@ -166,9 +166,11 @@ class Policies:
         self.rec.logger.log(step, rec)
         self.rec.progress.update(step, {"loss": rec["loss"], "lr": rec["lr"]})
         if self.rank == 0 and not self.rec.progress.active:
+            task = self.objective.pair_task  # NSP / SOP accuracy beside MLM's
+            pair = f" | {task}_acc {rec[f'{task}_acc']:.3f}" if task else ""
             print(
                 f"step {step}/{self.cfg.max_steps} | loss {rec['loss']:.4f} | mlm_acc "
-                f"{rec['mlm_acc']:.3f} | lr {rec['lr']:.3g} | {tps:,.0f} tok/s",
+                f"{rec['mlm_acc']:.3f}{pair} | lr {rec['lr']:.3g} | {tps:,.0f} tok/s",
                 flush=True,
             )
         return rec
@@ -178,9 +180,12 @@ class Policies:
         self.rec.timer.reset()  # evaluation time is not step time
         if self.rank == 0:
             acc = f" | eval_mlm_acc {rec['eval_mlm_acc']:.3f}"
+            if task := self.objective.pair_task:
+                acc += f" | eval_{task}_acc {rec[f'eval_{task}_acc']:.3f}"
             # Validation attends as training does; say which, so numbers are not compared
             # across modes by mistake.
             mode = "within documents" if self.cfg.data.attend_within_document else "across rows"
+            mode = "within each pair" if self.cfg.data.packing == "pairs" else mode
             print(
                 f"step {step}/{self.cfg.max_steps} | eval_loss {rec['eval_loss']:.4f}{acc} "
                 f"(attention {mode}, as trained)",

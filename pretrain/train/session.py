@@ -28,11 +28,11 @@ from pretrain.metrics import (
     model_flops_per_token,
     peak_flops_per_second,
 )
-from pretrain.models import tokenizer_family_note
 from pretrain.optim import lr_multiplier
 from pretrain.train import audit
 from pretrain.train.build import (
     build_model,
+    check_tokenizer,
     clear_run_dir,
     is_rtd,
     model_changes,
@@ -93,6 +93,7 @@ class Session:
         cfg.batch.grad_accum(d.world_size)  # first: a clear error, with valid alternatives
         point, clear = resume_point(cfg, resume, overwrite)
         self.manifest = manifest = Manifest.load(cfg.data.shard_dir)  # read once per run
+        self.tokenizer_note = check_tokenizer(cfg, manifest.tokenizer)
         seed_all(cfg.seed)  # identical initial weights on every rank
         model = build_model(cfg, manifest.tokenizer)
         G, M = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
@@ -142,7 +143,8 @@ class Session:
             s.kind, s.warmup_steps, cfg.total_steps, s.end_lr_ratio, s.power, s.decay_fraction
         )
         self.engine = eng.Engine(model, cfg, d, lr_fn, load_universal=universal)
-        self.objective = Objective(self.rtd, getattr(model.config, "rtd_weight", 1.0))
+        pair_task = cfg.data.pair_task if cfg.data.packing == "pairs" else None
+        self.objective = Objective(self.rtd, getattr(model.config, "rtd_weight", 1.0), pair_task)
         self.config_text = to_toml(cfg)
         self.ckpt = Checkpointer(
             cfg.run_dir,
@@ -170,8 +172,8 @@ class Session:
         say = lambda text: print(text, flush=True)  # noqa: E731
         Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
         atomic_write_text(Path(cfg.run_dir) / "config.toml", self.config_text)
-        if note := tokenizer_family_note(cfg.model.arch, self.manifest.tokenizer):
-            say(note)
+        if self.tokenizer_note:
+            say(self.tokenizer_note)
         if cfg.checkpoint.export_hf and not cfg.data.tokenizer_path().is_dir():
             say(
                 f"warning: no tokenizer directory at {cfg.data.tokenizer_path()}: "

@@ -78,7 +78,7 @@ def test_every_bench_writes_a_section(quick_results):
 
 def test_model_step_and_loader_tables(quick_results):
     (step,) = tables(quick_results["model_step"])
-    assert [r[0] for r in step[1:]] == ["roberta", "electra", "deberta"]
+    assert [r[0] for r in step[1:]] == ["roberta", "electra", "deberta", "bert", "albert"]
     for r in step[1:]:
         assert float(r[2]) > 0 and float(r[3]) > 0  # ours ms, HF ms
     (loader,) = tables(quick_results["loader"])
@@ -96,7 +96,7 @@ def test_train_throughput_table(quick_results):
     header, rows = tab[0], tab[1:]
     assert header[:4] == ["arch", "side", "preset", "tokens/s"]
     assert [(r[0], r[1].split(",")[0]) for r in rows] == [
-        (a, s) for a in ("roberta", "deberta", "electra") for s in ("ours", "hf")
+        (a, s) for a in ("roberta", "deberta", "electra", "bert", "albert") for s in ("ours", "hf")
     ]
     for r in rows:
         assert not r[3].startswith("failed"), r
@@ -137,7 +137,7 @@ def _hf_models():
     return mod
 
 
-@pytest.mark.parametrize("arch", ["roberta", "deberta", "electra"])
+@pytest.mark.parametrize("arch", ["roberta", "deberta", "electra", "bert", "albert"])
 def test_hf_twin_is_the_same_network(arch, monkeypatch):
     """The HF side computes our model's losses (eval mode, same weights): the throughput
     bench compares implementations of one network, not two networks."""
@@ -157,11 +157,16 @@ def test_hf_twin_is_the_same_network(arch, monkeypatch):
     attn = torch.ones_like(ids)
     attn[1, 20:] = 0
     labels[1, 20:] = -100
+    pair = {}
+    if arch in ("bert", "albert"):  # token types A | B and one sentence label per row
+        types = (torch.arange(24) >= 12).long().expand(2, 24) * attn
+        pair = {"token_type_ids": types, "sentence_labels": torch.tensor([1, 0])}
     with torch.no_grad():
-        a, b = ours(ids, attn, labels), hf(ids, attn, labels)
+        a, b = ours(ids, attn, labels, **pair), hf(ids, attn, labels, **pair)
     keys = ["mlm_loss_sum", "mlm_count"] + (
         ["rtd_loss_sum", "rtd_count"] if arch == "electra" else []
     )
+    keys += ["sentence_loss_sum", "sentence_count"] if pair else []
     for k in keys:
         torch.testing.assert_close(a[k].double(), b[k].double(), rtol=1e-4, atol=1e-4, msg=k)
 

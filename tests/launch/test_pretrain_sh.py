@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pretrain.testing import REPO, clean_env
+from pretrain.testing import REPO, clean_env, deepspeed_command, losses
 
 SCRIPT = REPO / "launch" / "pretrain.sh"
 ARGS = [
@@ -55,3 +55,29 @@ def test_the_script_is_strict_bash_and_parses_as_both_languages():
     res = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr  # the Python part is one quoted word for bash
     compile(text, str(SCRIPT), "exec")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch,stage", [("bert", 1), ("albert", 3)])
+def test_pair_models_train_through_the_launcher(arch, stage, shards, tmp_path):
+    """``deepspeed --num_gpus 2 launch/pretrain.sh --config configs/debug-<arch>.toml``:
+    BERT (NSP) and ALBERT (SOP, one set of layer parameters used by every layer, at ZeRO-3)
+    train on sentence pairs, 2 ranks, and export."""
+    task = "sop" if arch == "albert" else "nsp"
+    cmd = deepspeed_command(
+        shards,
+        tmp_path / "run",
+        "max_steps=3",
+        "data.seq_len=32",
+        "batch.global_batch_size=8",
+        "batch.micro_batch_size=2",
+        f"zero.stage={stage}",
+        "eval.every_steps=0",
+        "eval.max_sequences=8",
+        arch=arch,
+    )
+    res = subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
+    assert sorted(losses(tmp_path / "run")) == [1, 2, 3]
+    assert len(losses(tmp_path / "run", f"{task}_acc")) == 3
+    assert len(losses(tmp_path / "run", f"eval_{task}_acc")) == 1  # eval.at_end

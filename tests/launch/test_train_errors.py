@@ -59,7 +59,7 @@ def _docs_read(shards, rank: int, steps: int) -> list[set]:
     loader = PretrainLoader(cfg, MaskingConfig(), G, M, rank, 2)
     plan = loader._plan()
     pool = ShardPool(plan.shard_dir, plan.table, plan.dtype)
-    layout = plan.layout(0, pool.lengths)
+    layout = plan.layout(0, pool)
     out = []
     for b in range(steps):
         rows = []

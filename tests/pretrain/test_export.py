@@ -17,7 +17,7 @@ from data_pipeline.tokenizer import Tokenizer
 from pretrain import export
 from pretrain.cli import main as cli
 from pretrain.export import export_model
-from pretrain.models import deberta, deberta_hf, electra, roberta, roberta_hf
+from pretrain.models import albert, bert, deberta, deberta_hf, electra, roberta, roberta_hf
 
 transformers = pytest.importorskip("transformers")
 
@@ -36,6 +36,14 @@ def spm_tok_dir(tmp_path_factory):
     """A DeBERTa-v3-like tokenizer: sentencepiece-style BPE with [CLS]/[SEP]/[MASK]."""
     path = tmp_path_factory.mktemp("spm")
     Tokenizer.train(list(topics.values()), path, 800, kind="spm-bpe", family="bert")
+    return path
+
+
+@pytest.fixture(scope="module")
+def wordpiece_tok_dir(tmp_path_factory):
+    """BERT's kind of tokenizer: WordPiece with [CLS]/[SEP]/[MASK]."""
+    path = tmp_path_factory.mktemp("wordpiece")
+    Tokenizer.train(list(topics.values()), path, 800, kind="wordpiece", family="bert")
     return path
 
 
@@ -90,6 +98,50 @@ def test_electra_export_writes_both_networks_with_tokenizer(tok_dir, tmp_path):
     with torch.no_grad():
         assert (disc(input_ids=ids).logits - model.rtd_logits(ids, ones)).abs().max() <= 1e-5
         assert (gen(input_ids=ids).logits - model.mlm_logits(ids, ones)).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "mod,cls,share",
+    [(bert, "BertForPreTraining", "all"), (albert, "AlbertForPreTraining", "all"),
+     (albert, "AlbertForPreTraining", "ffn")],
+)  # fmt: skip
+def test_pair_model_export_loads_in_pretraining_and_masked_lm_classes(
+    mod, cls, share, wordpiece_tok_dir, tmp_path
+):
+    """BERT / ALBERT (ALBERT's FFN-only sharing exported unrolled): the *ForPreTraining class
+    gives our MLM and NSP/SOP logits, AutoModelForMaskedLM our MLM logits, AutoTokenizer our
+    ids; re-exporting the directory reproduces it."""
+    tok = Tokenizer.load(wordpiece_tok_dir)
+    arch = mod.__name__.rsplit(".", 1)[-1]
+    extra = {"share": share} if arch == "albert" else {}
+    torch.manual_seed(0)
+    model = mod.Model(
+        mod.Config(
+            **mod.PRESETS[f"{arch}-debug"],
+            vocab_size=tok.vocab_size,
+            pad_token_id=tok.pad_id,
+            **extra,
+        )  # fmt: skip
+    ).eval()
+    out = export_model(model, wordpiece_tok_dir, tmp_path / "hf")
+    text = "Return the value of the named attribute of [MASK]."
+    ids = ids_of(tok, text)
+    assert transformers.AutoTokenizer.from_pretrained(out)(text)["input_ids"] == ids[0].tolist()
+    pre = getattr(transformers, cls).from_pretrained(out).eval()
+    mlm = transformers.AutoModelForMaskedLM.from_pretrained(out).eval()
+    ones = torch.ones_like(ids)
+    types = torch.zeros_like(ids)
+    types[0, ids.shape[1] // 2 :] = 1
+    with torch.no_grad():
+        ref = model.mlm_logits(ids, ones, token_type_ids=types)
+        hf = pre(input_ids=ids, token_type_ids=types)
+        assert (hf.prediction_logits - ref).abs().max() <= 1e-5
+        pair = hf.seq_relationship_logits if arch == "bert" else hf.sop_logits
+        assert (pair - model.sentence_logits(ids, ones, token_type_ids=types)).abs().max() <= 1e-5
+        assert (mlm(input_ids=ids).logits - model.mlm_logits(ids, ones)).abs().max() <= 1e-5
+    assert cli(["export", "--model-dir", str(out), "--out", str(tmp_path / "again")]) == 0
+    a, b = load_file(out / "model.safetensors"), load_file(tmp_path / "again/model.safetensors")
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("build", [tiny_roberta, tiny_electra])

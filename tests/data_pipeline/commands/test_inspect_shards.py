@@ -46,7 +46,12 @@ def test_inspect_prints_totals_shards_and_decoded_samples(shard_dir):
     assert p.returncode == 0, p.stderr
     train = [s for s in man["shards"] if s["split"] == "train"]
     docs, toks = sum(s["documents"] for s in train), sum(s["tokens"] for s in train)
-    assert f"train: {len(train)} shards, {docs} documents, {toks} tokens" in p.stdout
+    sents = sum(s["sentences"] for s in train)
+    assert (
+        f"train: {len(train)} shards, {docs} documents, {toks} tokens, {sents} sentences"
+        in p.stdout
+    )
+    assert "\n    sentences: " in p.stdout  # a shown document's first sentences
     assert "tokenizer: spm-bpe, vocab 600" in p.stdout
     for s in man["shards"]:
         assert s["name"] in p.stdout

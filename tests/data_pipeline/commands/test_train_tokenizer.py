@@ -12,7 +12,8 @@ from pydoc_data.topics import topics
 import pytest
 
 from data_pipeline.cli import main
-from data_pipeline.tokenizer import Tokenizer
+from data_pipeline.commands.train_tokenizer import resolve_family_kind
+from data_pipeline.tokenizer import MODEL_FAMILIES, Tokenizer
 
 DOCS = [topics[k] for k in sorted(topics)]
 ZH = "自然语言处理研究人与计算机之间用自然语言进行有效通信的理论和方法。"
@@ -93,7 +94,17 @@ def test_train_tokenizer_refuses_bad_arguments(corpus, tmp_path, capsys):
         ),
         (["--input", corpus, "--out", tmp_path / "t", "--vocab-size", 10], "vocab_size must be"),
         (
-            ["--input", corpus / "a.txt", "--out", tmp_path / "t", "--vocab-size", 100_000],
+            # sentencepiece refuses a vocabulary the text cannot fill (HF trainers stop short)
+            [
+                "--input",
+                corpus / "a.txt",
+                "--out",
+                tmp_path / "t",
+                "--vocab-size",
+                100_000,
+                "--family",
+                "albert",
+            ],
             "Vocabulary size too high",
         ),
         # a reader error raised while the trainer pulls documents still names file and line
@@ -128,6 +139,7 @@ def test_max_train_bytes_and_retraining_in_place(corpus, tmp_path, capsys):
     )
     assert rc == 0 and "stopped reading after" in stdout
     first = Tokenizer.load(out)
+    assert (first.kind, first.family) == ("bytelevel", "roberta")  # no --family, no --kind
     rc, stdout, err = run(
         ["--input", corpus, "--out", out, "--vocab-size", 800, "--text-field", "body"], capsys
     )
@@ -157,3 +169,62 @@ def test_module_entry_point(corpus, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     assert Tokenizer.load(tmp_path / "tok").kind == "bytelevel"
+
+
+def test_family_chooses_special_tokens_and_kind():
+    usual = {
+        "roberta": "bytelevel",
+        "bert": "wordpiece",
+        "electra": "wordpiece",
+        "albert": "spm-bpe",
+        "deberta": "spm-bpe",
+    }
+    assert {f: k for f, (_, k) in MODEL_FAMILIES.items()} == usual
+    assert {f for f, (specials, _) in MODEL_FAMILIES.items() if specials == "roberta"} == {
+        "roberta"
+    }
+    for family, kind in usual.items():
+        assert resolve_family_kind(family, None) == (family, kind, None)
+        assert resolve_family_kind(family, kind) == (family, kind, None)
+    assert resolve_family_kind(None, None) == ("roberta", "bytelevel", None)
+    # --kind alone keeps the roberta specials, except wordpiece (BERT's)
+    assert resolve_family_kind(None, "spm-bpe") == ("roberta", "spm-bpe", None)
+    assert resolve_family_kind(None, "wordpiece") == ("bert", "wordpiece", None)
+    family, kind, note = resolve_family_kind("electra", "spm-bpe")
+    assert (family, kind) == ("electra", "spm-bpe")
+    assert (
+        note == "note: electra models usually use wordpiece tokenizers; training spm-bpe (--kind)"
+    )
+
+
+@pytest.mark.parametrize(
+    "flags,kind,family,note",
+    [
+        (["--family", "electra"], "wordpiece", "bert", None),
+        (["--family", "deberta"], "spm-bpe", "bert", None),
+        (["--kind", "wordpiece"], "wordpiece", "bert", None),
+        (["--family", "roberta", "--kind", "wordpiece"], "wordpiece", "roberta", "bytelevel"),
+    ],
+)
+def test_family_flag_sets_the_kind(corpus, tmp_path, capsys, flags, kind, family, note):
+    out = tmp_path / "tok"
+    argv = ["--input", corpus / "a.txt", corpus / "b.jsonl", "--out", out, "--vocab-size", 700]
+    rc, stdout, err = run([*argv, "--text-field", "body", *flags], capsys)
+    assert rc == 0, err
+    tok = Tokenizer.load(out)
+    asked = flags[1] if flags[0] == "--family" else family
+    assert (tok.kind, tok.family, tok.model_family) == (kind, family, asked)
+    assert f"trained {kind} tokenizer for {asked} ({family} special tokens)" in stdout
+    notes = [line for line in stdout.splitlines() if line.startswith("note: ")]
+    if note is None:
+        assert notes == []
+    else:  # a contradicting --kind wins, with one line that says so
+        assert notes == [
+            f"note: {asked} models usually use {note} tokenizers; training {kind} (--kind)"
+        ]
+    meta = json.loads((out / "tokenizer_meta.json").read_text())
+    assert meta["model_family"] == asked
+    if kind == "wordpiece":  # lowercased, no exact whitespace: not a lossless round trip
+        assert (out / "vocab.txt").is_file()
+        assert tok.decode(tok.encode("Hello  World")) == "hello world"
+        assert tok.encode(ZH).size and tok.unk_id not in tok.encode(ZH).tolist()

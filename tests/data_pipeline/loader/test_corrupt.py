@@ -20,7 +20,7 @@ from data_pipeline.loader import (
     distinct_samples_lost,
 )
 from data_pipeline.masking import MaskingConfig
-from data_pipeline.shards import INDEX_COLUMNS_V1, Manifest, load_index
+from data_pipeline.shards import INDEX_COLUMNS_V1, Manifest, index_layout, load_index
 from data_pipeline.synthetic import write_synthetic_shards
 
 COUNTS = [12, 7, 15, 9]
@@ -111,9 +111,10 @@ def test_every_byte_of_a_record_is_covered_headers_and_padding_included(shard_di
     """The issue's case: 64 bytes flipped in the middle of a shard, where a tar header is."""
     info = Manifest.load(shard_dir).split("train")[2]
     index = load_index(shard_dir, info)
-    bounds = index[:, 5:9]  # record start, ids end, word-start end, record end
-    assert bounds[0, 0] == 0 and (bounds[1:, 0] == bounds[:-1, 3]).all()  # contiguous
-    for member, suffix in enumerate([".input_ids.npy", ".word_start.npy", ".meta.json"]):
+    bounds = index[:, index_layout(index).bounds]  # record start, member ends
+    assert bounds[0, 0] == 0 and (bounds[1:, 0] == bounds[:-1, -1]).all()  # contiguous
+    suffixes = [".input_ids.npy", ".word_start.npy", ".sentence_start.npy", ".meta.json"]
+    for member, suffix in enumerate(suffixes):
         doc = 3 + member
         for offset in (0, 200):  # the header's name field, and its size/checksum fields
             fresh = shard_dir / "fresh"
@@ -130,7 +131,7 @@ def test_every_byte_of_a_record_is_covered_headers_and_padding_included(shard_di
                 whole_epoch(make(fresh))
     # The padding after the meta member of the last document.
     last = len(index) - 1
-    flip_bytes(shard_dir / info.name, int(bounds[last, 3]) - 1)
+    flip_bytes(shard_dir / info.name, int(bounds[last, -1]) - 1)
     with pytest.raises(DataError, match=f"document {last}: member '.*meta.json'"):
         whole_epoch(make(shard_dir))
 

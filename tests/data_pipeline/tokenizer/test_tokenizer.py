@@ -327,7 +327,7 @@ def test_batches_and_edge_cases(trained):
 
 def test_training_errors_are_one_line(tmp_path):
     cases = [
-        (dict(kind="wordpiece"), "unknown tokenizer kind"),
+        (dict(kind="unigram"), "unknown tokenizer kind"),
         (dict(family="gpt"), "unknown family"),
         (dict(vocab_size=100), "vocab_size must be"),
         (dict(texts=["", ""]), "no training text"),

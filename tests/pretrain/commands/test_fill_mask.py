@@ -1,5 +1,6 @@
 """`python -m pretrain fill-mask` agrees with transformers' fill-mask pipeline on the same
-exported directory (top-k ids and scores), for RoBERTa (<mask>), ELECTRA ([MASK]) and
+exported directory (top-k ids and scores), for BERT (WordPiece), ALBERT, RoBERTa (<mask>),
+ELECTRA ([MASK]) and
 DeBERTa (MLM, RTD, and MLM trained with the enhanced mask decoder, which HF runs without)."""
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from data_pipeline.tokenizer import Tokenizer
 from pretrain.cli import main as cli
 from pretrain.commands.fill_mask import fill_mask
 from pretrain.export import export_model
-from pretrain.models import deberta, electra, roberta
+from pretrain.models import albert, bert, deberta, electra, roberta
 
 transformers = pytest.importorskip("transformers")
 
 # case -> (module, Config overrides, tokenizer family)
 CASES = {
+    "bert": (bert, {}, "wordpiece"),
+    "albert": (albert, {}, "bert"),
     "roberta": (roberta, {}, "roberta"),
     "electra": (electra, {}, "bert"),
     "deberta-mlm": (deberta, {"objective": "mlm"}, "bert"),
@@ -32,9 +35,13 @@ CASES = {
 def tokenizers(tmp_path_factory):
     """family -> tokenizer directory, trained once on Python's own docs."""
     out = {}
-    for family, kind in (("roberta", "bytelevel"), ("bert", "spm-bpe")):
-        out[family] = tmp_path_factory.mktemp(f"tok-{family}")
-        Tokenizer.train(list(topics.values()), out[family], 800, kind=kind, family=family)
+    for name, kind, family in (
+        ("roberta", "bytelevel", "roberta"),
+        ("bert", "spm-bpe", "bert"),
+        ("wordpiece", "wordpiece", "bert"),
+    ):
+        out[name] = tmp_path_factory.mktemp(f"tok-{name}")
+        Tokenizer.train(list(topics.values()), out[name], 800, kind=kind, family=family)
     return out
 
 
@@ -55,6 +62,10 @@ def exported(tmp_path, tokenizers, case: str):
     ).eval()
     if arch == "roberta":
         bias = model.lm_head.bias
+    elif arch == "bert":
+        bias = model.cls.predictions.bias
+    elif arch == "albert":
+        bias = model.predictions.bias
     elif arch == "electra":
         bias = model.generator.generator_lm_head.bias
     else:

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from data_pipeline.common import CommandError
 from pretrain.config import RunConfig, config_from_dict, load_config, to_toml
 from pretrain.config.toml_io import ConfigError, apply_override, parse_value, tomllib
 
@@ -136,19 +137,27 @@ def test_the_train_command_reports_an_indivisible_world_size_before_any_work(cap
     assert "gradient accumulation = 4  (8192 = 64 x 32 x 4)" in capsys.readouterr().out
 
 
-def test_a_tokenizer_of_another_family_than_the_architectures_is_warned_about(tmp_path, capsys):
+def test_a_tokenizer_of_another_family_than_the_architectures_is_refused(tmp_path, capsys):
     from data_pipeline.synthetic import random_documents, tokenizer_info, write_shards
     from pretrain.commands.train import dry_run
-    from pretrain.models import tokenizer_family_note
+    from pretrain.models import tokenizer_mismatch
 
     bert, roberta = ({**tokenizer_info(100), "family": f} for f in ("bert", "roberta"))
-    assert tokenizer_family_note("electra", bert) is None
-    assert tokenizer_family_note("roberta", roberta) is None
-    note = tokenizer_family_note("deberta", roberta)
-    assert note.startswith("warning: deberta is usually trained with a bert-family tokenizer")
-    assert "train-tokenizer --family bert" in note
+    assert tokenizer_mismatch("electra", bert) == (None, None)
+    assert tokenizer_mismatch("roberta", roberta) == (None, None)
+    error, _ = tokenizer_mismatch("deberta", roberta)
+    assert error.startswith("model.arch = deberta expects a bert-family tokenizer ([CLS]")
+    assert "the shards' tokenizer is of the roberta family (<s>" in error
+    assert "train-tokenizer --family deberta" in error
+    # Same special tokens, another kind of vocabulary than the paper's: a note only.
+    _, note = tokenizer_mismatch("bert", {**bert, "kind": "spm-bpe"})
+    assert note.startswith("note: bert is usually trained with a wordpiece tokenizer")
+    assert tokenizer_mismatch("albert", {**bert, "kind": "spm-unigram"}) == (None, None)
     docs = random_documents(np.random.default_rng(0), 20, 100)
     write_shards(tmp_path, {"train": [docs]}, 100, tokenizer=roberta)
-    c = load_config(None, [f"data.shard_dir={tmp_path}", "run_dir=/tmp/run", "model.arch=electra"])
+    args = [f"data.shard_dir={tmp_path}", "run_dir=/tmp/run", "model.arch=electra"]
+    with pytest.raises(CommandError, match="model.arch = electra expects a bert-family"):
+        dry_run(load_config(None, args), world_size=1)
+    c = load_config(None, [*args, "data.tokenizer_mismatch=warn"])
     assert dry_run(c, world_size=1) == 0
-    assert "warning: electra is usually trained with a bert-family" in capsys.readouterr().out
+    assert "warning: model.arch = electra expects a bert-family" in capsys.readouterr().out

@@ -11,6 +11,10 @@ SHIPPED = sorted(p.name for p in CONFIGS.glob("*.toml"))
 
 def test_the_expected_configs_ship():
     for name in (
+        "debug-bert.toml",
+        "debug-albert.toml",
+        "bert-base.toml",
+        "albert-base.toml",
         "debug-roberta.toml",
         "debug-electra.toml",
         "debug-deberta.toml",
@@ -43,3 +47,26 @@ def test_paper_recipes_keep_their_global_batch_on_any_dividing_world_size():
     small = load_config(CONFIGS / "electra-small.toml")
     assert (small.masking.mask_token_prob, small.masking.random_token_prob) == (0.85, 0.0)
     assert small.model.overrides["rtd_weight"] == 50.0 and small.optimizer.lr == 5e-4
+
+
+def test_bert_and_albert_recipes_are_the_papers():
+    bert = load_config(CONFIGS / "bert-base.toml")
+    assert (bert.model.arch, bert.model.preset) == ("bert", "bert-base")
+    assert (bert.data.packing, bert.data.pair_task, bert.data.short_seq_prob) == (
+        "pairs",
+        "nsp",
+        0.1,
+    )
+    assert (bert.batch.global_batch_size, bert.data.seq_len, bert.max_steps) == (
+        256,
+        512,
+        1_000_000,
+    )
+    assert (bert.optimizer.lr, bert.optimizer.betas, bert.schedule.warmup_steps) == (
+        1e-4, [0.9, 0.999], 10_000,
+    )  # fmt: skip
+    albert = load_config(CONFIGS / "albert-base.toml")
+    assert (albert.model.arch, albert.data.pair_task) == ("albert", "sop")
+    assert (albert.optimizer.name, albert.optimizer.lr, albert.zero.stage) == ("lamb", 0.00176, 0)
+    assert (albert.batch.global_batch_size, albert.max_steps) == (4096, 125_000)
+    assert (albert.masking.kind, albert.masking.span_max) == ("span", 3)

@@ -338,7 +338,7 @@ def test_rtd_micro_batch_losses_scale_to_the_exact_global_gradient():
     assert weight not in (0.0, 1.0)  # a dropped or misapplied weight would show
     gen = torch.Generator().manual_seed(1)
     batches = [_batch(gen, 3, 10, 40) for _ in range(4)]
-    n_mlm, n_tok = (float(x) for x in local_counts(batches))
+    n_mlm, n_tok, _ = (float(x) for x in local_counts(batches))
     # Per-micro-batch counts differ: averaging per micro-batch would give other gradients.
     assert len({int(b["attention_mask"].sum()) for b in batches}) > 1
     # Reference: the same micro-batches (same replacement samples: same RNG sequence), one

@@ -151,9 +151,13 @@ def counted_flops_per_token(model, batch: int, seq_len: int, per_row: int) -> fl
     for row in range(batch):
         where = torch.randperm(seq_len, generator=gen)[:per_row]
         labels[row, where] = ids[row, where]
+    pairs = {}
+    if hasattr(model, "sentence_logits"):  # BERT / ALBERT: the NSP / SOP head on [CLS]
+        pairs["sentence_labels"] = torch.randint(0, 2, (batch,), generator=gen)
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        out = model(ids, torch.ones_like(ids), labels)
+        out = model(ids, torch.ones_like(ids), labels, **pairs)
         loss = out["mlm_loss_sum"] + out.get("rtd_loss_sum", 0.0)
+        loss = loss + out.get("sentence_loss_sum", 0.0)
         loss.backward()
     return counter.get_total_flops() / (batch * seq_len)
 
@@ -172,6 +176,10 @@ def _build(arch, preset, **overrides):
 # (arch, preset, overrides, batch, seq_len, labelled positions per row). With EMD, 64
 # labels per row of 128 make the model's query padding (to a multiple of 64) a no-op.
 DEBUG_CASES = [
+    ("bert", "bert-debug", {}, 4, 32, 5),
+    ("albert", "albert-debug", {}, 4, 32, 5),
+    ("albert", "albert-debug", {"inner_group_num": 2}, 2, 64, 10),
+    ("albert", "albert-debug", {"share": "ffn", "embedding_size": 64}, 2, 32, 5),
     ("roberta", "roberta-debug", {}, 4, 32, 5),
     ("roberta", "roberta-debug", {}, 2, 128, 32),
     ("electra", "electra-debug", {}, 4, 32, 5),

@@ -65,6 +65,11 @@ ELECTRA = [
     "model.overrides.attention_probs_dropout_prob=0.1",
 ]
 ELECTRA_STOP = 2
+# BERT (NSP) and ALBERT (SOP) on sentence pairs; ALBERT shares one layer's parameters across
+# all layers (a parameter used N times in one forward), which ZeRO-3 must gather and reduce
+# right. The SOP classifier's dropout is off, as every other dropout here.
+PAIR_RUNS = (("albert", 1), ("albert", 3), ("bert", 3))
+PAIRS = {"albert": ["model.overrides.classifier_dropout_prob=0.0"], "bert": []}
 
 
 def _overrides(shards, run_dir, *extra):
@@ -156,6 +161,15 @@ def runs(shards, tmp_path_factory):
             ),
         },
         {"config": cfg, "overrides": _overrides(shards, base / "zero3-resumed", "zero.stage=3")},
+        *(  # sentence pairs; ALBERT's layers are one set of parameters used in every layer
+            {
+                "config": str(REPO / f"configs/debug-{arch}.toml"),
+                "overrides": _overrides(
+                    shards, base / f"{arch}-zero{z}", f"zero.stage={z}", *PAIRS[arch]
+                ),
+            }
+            for arch, z in PAIR_RUNS
+        ),
         *(  # ELECTRA: uninterrupted; stopped after ELECTRA_STOP steps; resumed
             {
                 "config": str(REPO / "configs/debug-electra.toml"),
@@ -189,6 +203,8 @@ def runs(shards, tmp_path_factory):
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     # 4. One rank, same global batch, in this process; the chains' phase 2 (steps 4-5).
     train(debug_config("roberta", shards, base / "one-rank", *COMMON))
+    for arch in {arch for arch, _ in PAIR_RUNS}:
+        train(debug_config(arch, shards, base / f"{arch}-one-rank", *COMMON, *PAIRS[arch]))
     for z in CHAIN_STAGES:
         extra = (f"zero.stage={z}", "max_steps=5", *CHAIN)
         train(debug_config("roberta", shards, base / f"chain{z}", *COMMON, *extra))
@@ -225,6 +241,15 @@ def test_two_ranks_match_one_rank(runs, run):
     one, two = runs["base"] / "one-rank", runs["base"] / run
     assert sorted(losses(two)) == list(range(1, STEPS + 1))
     for key in KEYS:  # grad_norm too: Adam would hide a wrong 1/W gradient scale in the loss
+        _assert_close(losses(two, key), losses(one, key), 1e-5)
+
+
+@pytest.mark.parametrize("arch,stage", PAIR_RUNS)
+def test_pair_models_and_shared_layers_two_ranks_match_one_rank(runs, arch, stage):
+    one, two = runs["base"] / f"{arch}-one-rank", runs["base"] / f"{arch}-zero{stage}"
+    assert sorted(losses(two)) == list(range(1, STEPS + 1))
+    task = "sop" if arch == "albert" else "nsp"
+    for key in (*KEYS, f"{task}_loss", f"{task}_acc", f"eval_{task}_loss"):
         _assert_close(losses(two, key), losses(one, key), 1e-5)
 
 

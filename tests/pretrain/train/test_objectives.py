@@ -5,7 +5,7 @@ replaced tokens beside accuracy (a discriminator stuck at the majority class has
 import pytest
 import torch
 
-from pretrain.models.common import rtd_sums
+from pretrain.models.common import rtd_sums, sentence_sums
 from pretrain.train.objectives import SUM_KEYS, Objective, eval_metrics, raw_sums
 
 
@@ -37,7 +37,7 @@ def test_training_and_eval_metrics_report_precision_recall_and_replaced_share():
     flag[0, :3] = 4.0  # flags 3: 2 replaced (true positives) + 1 original
     out = _rtd_out(flag, replaced, mask)
     obj = Objective(rtd=True, rtd_weight=50.0)
-    obj.set_step(torch.tensor([20.0, 20.0], dtype=torch.float64), 1, 1)
+    obj.set_step(torch.tensor([20.0, 20.0, 0.0], dtype=torch.float64), 1, 1)
     obj.loss(out)
     sums, steps = obj.take_sums()
     m = obj.metrics(sums, steps)
@@ -73,3 +73,44 @@ def test_raw_sums_follow_sum_keys_for_mlm_and_rtd():
     assert v.shape == (len(SUM_KEYS),) and v[3:].abs().sum() == 0
     ev = eval_metrics(v, rtd=False, rtd_weight=1.0)
     assert ev == {"eval_loss": 2.0, "eval_mlm_loss": 2.0, "eval_mlm_acc": pytest.approx(2 / 3)}
+
+
+@pytest.mark.parametrize("task", ["nsp", "sop"])
+def test_pair_term_is_normalised_by_its_own_global_count(task):
+    """MLM + NSP/SOP: each term divided by its own global count (labelled positions, labelled
+    rows), summed over micro-batches, as HF's BertForPreTraining adds the two means."""
+    torch.manual_seed(0)
+    micro = []
+    for rows in (3, 5):  # micro-batches with different numbers of pairs
+        logits = torch.randn(rows, 2)
+        labels = torch.randint(0, 2, (rows,))
+        labels[0] = -100  # an empty row: no pair
+        out = {
+            "mlm_loss_sum": torch.tensor(float(4 * rows)),
+            "mlm_correct": torch.tensor(rows),
+            "mlm_count": torch.tensor(2 * rows),
+            **sentence_sums(logits, labels),
+        }
+        micro.append((out, logits, labels))
+    n_mlm = sum(int(o["mlm_count"]) for o, _, _ in micro)
+    n_pair = sum(int(o["sentence_count"]) for o, _, _ in micro)
+    obj = Objective(rtd=False, pair_task=task)
+    obj.set_step(
+        torch.tensor([n_mlm, 99.0, n_pair], dtype=torch.float64), grad_accum=2, world_size=1
+    )
+    total = sum(obj.loss(o) for o, _, _ in micro) / 2  # DeepSpeed divides by grad_accum
+    all_logits = torch.cat([lg for _, lg, _ in micro])
+    all_labels = torch.cat([lb for _, _, lb in micro])
+    pair_mean = torch.nn.functional.cross_entropy(all_logits, all_labels, ignore_index=-100)
+    mlm_mean = sum(float(o["mlm_loss_sum"]) for o, _, _ in micro) / n_mlm
+    assert float(total) == pytest.approx(mlm_mean + float(pair_mean), rel=1e-6)
+    m = obj.metrics(*obj.take_sums())
+    assert m[f"{task}_loss"] == pytest.approx(float(pair_mean), rel=1e-6)
+    kept = all_labels != -100
+    acc = (all_logits.argmax(-1)[kept] == all_labels[kept]).float().mean()
+    assert m[f"{task}_acc"] == pytest.approx(float(acc))
+    assert m["loss"] == pytest.approx(m["mlm_loss"] + m[f"{task}_loss"])
+    ev = eval_metrics(sum(raw_sums(o, rtd=False) for o, _, _ in micro), False, 1.0, task)
+    assert ev[f"eval_{task}_loss"] == pytest.approx(float(pair_mean), rel=1e-6)
+    assert ev[f"eval_{task}_acc"] == pytest.approx(float(acc))
+    assert ev["eval_loss"] == pytest.approx(ev["eval_mlm_loss"] + ev[f"eval_{task}_loss"])
