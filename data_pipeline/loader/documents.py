@@ -38,6 +38,7 @@ class ShardPool:
         self._docs: OrderedDict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._bad: dict[int, str] = {}  # shard id -> reason; never retried in this process
         self._bad_docs: set[tuple[int, int]] = set()
+        self._bad_sentences: set[tuple[int, int]] = set()  # sentence-start member lost
         self.events: list[tuple] = []
         self.docs_read = 0
         self.tokens_read = 0
@@ -106,20 +107,27 @@ class ShardPool:
 
     def sentences(self, sid: int, doc: int) -> np.ndarray | None:
         """Token offsets of the sentence starts of one document (only its sentence-start member
-        is read); None (and an event) if the shard or that member is lost."""
-        if (sid, doc) in self._bad_docs:
+        is read); None (and an event) if the shard or that member is lost.
+
+        The answer depends only on the sentence-start member's bytes, never on what this
+        process happened to read before (a document whose *tokens* were found damaged still
+        has its sentences): pair layouts built from it must be the same in every worker, rank,
+        epoch and resumed run."""
+        if (sid, doc) in self._bad_sentences:
             return None
         reader = self._reader(sid)
         name = self.table.shards[sid].name
         if reader is None:
-            self._lost((sid, doc), name, self._bad[sid])
-            return None
-        try:
-            return reader.read_sentences(doc)
-        except CorruptShardError as e:
-            self._lost((sid, doc), name, e.reason)
-        except OSError as e:
-            self._lost((sid, doc), name, f"document {doc} unreadable ({e.strerror or e})")
+            reason = self._bad[sid]
+        else:
+            try:
+                return reader.read_sentences(doc)
+            except CorruptShardError as e:
+                reason = e.reason
+            except OSError as e:
+                reason = f"document {doc} unreadable ({e.strerror or e})"
+        self._bad_sentences.add((sid, doc))
+        self._lost((sid, doc), name, reason)
         return None
 
     def _lost(self, key: tuple[int, int], name: str, reason: str) -> None:

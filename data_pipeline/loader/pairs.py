@@ -7,13 +7,14 @@ shuffle block at a time (the block is the bounded window everything is drawn fro
 
 * a document's sentences (the shards' sentence starts; a sentence longer than
   ``seq_len - 3`` tokens is cut into pieces of that size) are gathered into chunks of whole
-  sentences until a *target length* is reached: ``seq_len - 3``, or, with probability
-  ``short_seq_prob``, a length drawn uniformly from ``[2, seq_len - 3]``;
+  sentences until a *target length* is reached: ``seq_len - 3``, or, for a document drawn with
+  probability ``short_seq_prob``, a length drawn uniformly from ``[2, seq_len - 3]``;
 * A is a random number of the chunk's first sentences, B the rest (a chunk of one sentence
   is cut at a random token, so every chunk gives a pair and the labels stay balanced);
 * with probability 0.5 the row is a negative (label 1). NSP: B is replaced by text of the
   same budget from a random sentence of *another* document of the block, and B's sentences
-  go back to the document (the next chunk starts with them, as in BERT). SOP: A and B are
+  go back to the document (the next chunk starts with them, as in BERT; the rest of a
+  one-sentence chunk cut at a random token is not returned). SOP: A and B are
   swapped. A block with a single document has only positives for NSP.
 * a pair longer than ``seq_len - 3`` is truncated as BERT's ``truncate_seq_pair`` does (one
   token at a time from the longer segment), but always at the outer ends, A's front and B's
@@ -81,10 +82,10 @@ def document_pairs(
     for j, (sid, doc, spans) in enumerate(docs):
         lens = (spans[:, 1] - spans[:, 0]).tolist()
         i, n = 0, len(lens)
+        target = max_tokens  # drawn once per document, as in BERT
+        if rng.random() < short_seq_prob:
+            target = int(rng.integers(2, max_tokens + 1))
         while i < n:
-            target = max_tokens
-            if rng.random() < short_seq_prob:
-                target = int(rng.integers(2, max_tokens + 1))
             k, length = i, 0
             while k < n and length < target:  # whole sentences until the target is reached
                 length, k = length + lens[k], k + 1
