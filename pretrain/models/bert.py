@@ -70,10 +70,24 @@ PRESETS = {
     "bert-large": dict(
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
     ),  # 336,226,108 (BertModel: 335,141,888)
+    # Distillation students (issue 15): DistilBERT's size, BERT-base with every other layer
+    # (Sanh et al., 2019; DistilBERT itself also drops the token types and the pooler, which
+    # this BERT keeps: 67.6 M here with the NSP head, DistilBertModel 66.4 M), and TinyBERT's
+    # general-distillation student (Jiao et al., 2020: 4 layers, width 312, FFN 1,200).
+    "distilbert": dict(num_hidden_layers=6),
+    "tinybert-4l-312": dict(
+        hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200
+    ),
 }
 
-# The paper's rounded figures (Devlin et al., 2019, section 3), printed by ``params`` beside ours.
-PAPER_PARAMS = {"bert-base": "110M", "bert-large": "340M"}
+# The papers' rounded figures (Devlin et al., 2019, section 3; DistilBERT; TinyBERT), printed
+# by ``params`` beside ours.
+PAPER_PARAMS = {
+    "bert-base": "110M",
+    "bert-large": "340M",
+    "distilbert": "66M",
+    "tinybert-4l-312": "14.5M",
+}
 
 
 class Pooler(nn.Module):

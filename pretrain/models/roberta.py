@@ -71,9 +71,11 @@ PRESETS = {
     "roberta-large": dict(
         hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096
     ),  # 355.4 M
+    # DistilRoBERTa (HF's distilroberta-base): roberta-base with 6 layers, 82.1 M.
+    "distilroberta": dict(num_hidden_layers=6),
 }
 # The papers' rounded figures (`params` prints them beside the exact counts).
-PAPER_PARAMS = {"roberta-base": "125M", "roberta-large": "355M"}
+PAPER_PARAMS = {"roberta-base": "125M", "roberta-large": "355M", "distilroberta": "82M"}
 
 
 class RobertaEncoder(nn.Module):

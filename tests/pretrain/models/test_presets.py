@@ -132,3 +132,30 @@ def test_config_rejects_unknown_keys():
     for arch in ("roberta", "electra"):
         with pytest.raises(TypeError, match="hiden_size"):
             arch_module(arch).Config(hiden_size=3)
+
+
+@pytest.mark.parametrize(
+    "preset,hf_cls,hf_kwargs,published",
+    [
+        ("distilroberta", "RobertaForMaskedLM", dict(**ROBERTA, num_hidden_layers=6), 82e6),
+        ("distilbert", "BertForPreTraining", dict(num_hidden_layers=6), 66e6),
+        (
+            "tinybert-4l-312",
+            "BertForPreTraining",
+            dict(
+                hidden_size=312, num_hidden_layers=4, num_attention_heads=12, intermediate_size=1200
+            ),
+            14.5e6,
+        ),
+    ],
+)
+def test_distillation_student_counts_equal_transformers(preset, hf_cls, hf_kwargs, published):
+    """The students of issue 15 (presets only so far): exact counts of HF's model of the same
+    configuration, and the papers' figures within 3 % (DistilBERT's 66 M is its own
+    architecture without token types, pooler and NSP head; ours keeps BERT's: 67.6 M, +2.4 %;
+    distilroberta 82.1 M, tinybert-4l-312 14.48 M)."""
+    arch, kwargs = find_preset(preset)
+    ours = preset_counts(arch, kwargs)
+    cfg_cls = transformers.RobertaConfig if arch == "roberta" else transformers.BertConfig
+    assert ours["total"] == hf_count(getattr(transformers, hf_cls), cfg_cls(**hf_kwargs))
+    assert abs(ours["total"] - published) / published <= 0.03, ours["total"]
