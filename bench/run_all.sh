@@ -9,7 +9,10 @@
 #                                          if DeepSpeed is missing, then train_throughput and
 #                                          model_step on CUDA (base presets, seq 512, bf16;
 #                                          ours' variants with the time left: --extras),
-#                                          within GPU_BUDGET_S seconds (default 540)
+#                                          within GPU_BUDGET_S seconds (default 540; the
+#                                          architectures run in the order RoBERTa, DeBERTa,
+#                                          ELECTRA, BERT, ALBERT, and those the budget does not
+#                                          reach are reported as skipped: raise it for all five)
 #   bash bench/run_all.sh --quick          tiny runs that only check every bench works
 #   ... --results FILE                     append there instead of bench/RESULTS.md
 #
