@@ -81,6 +81,10 @@ class Config(RTDConfig):
     """Log buckets on each side for relative positions (DeBERTa-v3: 256); <= 0 disables."""
     max_relative_positions: int = -1
     """Largest relative distance told apart; -1 = max_position_embeddings (v3 configs: -1)."""
+    share_att_key: bool = True
+    """Relative embeddings projected by the content query/key projections (DeBERTa-v3, True),
+    or by projections of their own, ``pos_query_proj`` / ``pos_key_proj`` (DeBERTa v1/v2's
+    W_q,r and W_k,r: False; HF's default when the key is absent)."""
     emd: bool = False
     """Enhanced mask decoder before the MLM head (microsoft/DeBERTa); not part of HF exports."""
     objective: str = "rtd"

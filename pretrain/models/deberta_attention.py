@@ -179,14 +179,27 @@ def _eager_flex(*args, **kwargs):
 
 
 class DisentangledSelfAttention(nn.Module):
-    """HF ``attention.self``: query/key/value projections, shared with the relative table."""
+    """HF ``attention.self``: query/key/value projections, shared with the relative table
+    (``share_att_key``, DeBERTa-v3) or beside the relative table's own ``pos_query_proj`` /
+    ``pos_key_proj`` (DeBERTa v1/v2)."""
 
-    def __init__(self, hidden: int, heads: int, attn_dropout: float, pos_dropout: float):
+    def __init__(
+        self,
+        hidden: int,
+        heads: int,
+        attn_dropout: float,
+        pos_dropout: float,
+        share_att_key: bool = True,
+    ):
         super().__init__()
         self.heads, self.head_dim = heads, hidden // heads
         self.query_proj = nn.Linear(hidden, hidden)
         self.key_proj = nn.Linear(hidden, hidden)
         self.value_proj = nn.Linear(hidden, hidden)
+        if not share_att_key:  # HF creates both for pos_att_type = c2p|p2c
+            self.pos_key_proj = nn.Linear(hidden, hidden)
+            self.pos_query_proj = nn.Linear(hidden, hidden)
+        self.share_att_key = share_att_key
         self.pos_dropout = nn.Dropout(pos_dropout)
         self.dropout = nn.Dropout(attn_dropout)
         self.scale = math.sqrt(self.head_dim * 3)  # three score terms: c2c, c2p, p2c
@@ -200,8 +213,9 @@ class DisentangledSelfAttention(nn.Module):
         k = self._heads(self.key_proj(hidden))  # (B, H, L, D)
         v = self._heads(self.value_proj(hidden))  # (B, H, L, D)
         rel = self.pos_dropout(rel_embeddings)  # (2S, C)
-        pos_q = self._heads(self.query_proj(rel))  # (H, 2S, D)
-        pos_k = self._heads(self.key_proj(rel))  # (H, 2S, D)
+        shared = self.share_att_key
+        pos_q = self._heads((self.query_proj if shared else self.pos_query_proj)(rel))  # (H, 2S, D)
+        pos_k = self._heads((self.key_proj if shared else self.pos_key_proj)(rel))  # (H, 2S, D)
         attend = self._flex if ctx.use_flex else self._plain
         out = attend(q, k, v, pos_q, pos_k, ctx)  # (B, H, M, D)
         return out.transpose(1, 2).reshape(*query.shape[:-1], -1)  # (B, M, C)

@@ -54,6 +54,7 @@ HF_FIELDS = (
     "layer_norm_eps",
     "position_buckets",
     "max_relative_positions",
+    "share_att_key",
 )
 
 
@@ -67,7 +68,6 @@ def hf_config(c: Config, architecture: str, dtype: torch.dtype) -> dict:
         "relative_attention": True,
         "pos_att_type": ["p2c", "c2p"],
         "norm_rel_ebd": "layer_norm",
-        "share_att_key": True,
         "position_biased_input": False,
         "legacy": False,
         "dtype": str(dtype).removeprefix("torch."),
@@ -116,7 +116,6 @@ def config_from_hf(cfg: dict, where) -> dict:
     v3 = {
         "relative_attention": (False, True),
         "position_biased_input": (True, False),
-        "share_att_key": (False, True),
         "pos_att_type": ([], ["c2p", "p2c"]),
         "norm_rel_ebd": ("none", "layer_norm"),
         "type_vocab_size": (0, 0),
@@ -131,6 +130,7 @@ def config_from_hf(cfg: dict, where) -> dict:
     out = {k: cfg[k] for k in HF_FIELDS if k in cfg}
     out["pad_token_id"] = cfg.get("pad_token_id") or 0
     out.setdefault("position_buckets", -1)  # HF: absent = no buckets
+    out.setdefault("share_att_key", False)  # HF: absent = separate relative projections (v1/v2)
     return out
 
 

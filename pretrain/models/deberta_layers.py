@@ -71,6 +71,7 @@ class Attention(nn.Module):
             c.num_attention_heads,
             c.attention_probs_dropout_prob,
             c.hidden_dropout_prob,
+            share_att_key=c.share_att_key,
         )
         self.output = ResidualNorm(c, c.hidden_size)
 

@@ -116,5 +116,13 @@ def model_changes(point: ResumePoint, model_json: str) -> str | None:
             f"{now.get('arch')}"
         )
     a, b = saved.get("config", {}), now.get("config", {})
-    diff = [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted({*a, *b}) if a.get(k) != b.get(k)]
-    return "; ".join(diff)
+    # A field added to the architecture since the checkpoint was written, at its default
+    # (the behaviour the checkpoint was trained with), is not a change.
+    cls = arch_module(now["arch"]).Config
+    new_defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in a}
+    diff = [
+        f"{k}: {a.get(k)!r} -> {b.get(k)!r}"
+        for k in sorted({*a, *b})
+        if a.get(k) != b.get(k) and not (k not in a and new_defaults.get(k) == b.get(k))
+    ]
+    return "; ".join(diff) or None

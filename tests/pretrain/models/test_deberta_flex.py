@@ -46,9 +46,9 @@ def packed_batch(device="cpu", length=40):
 
 
 @torch.no_grad()
-@pytest.mark.parametrize("emd", [False, True])
-def test_flex_forward_equals_plain_on_cpu(emd):
-    plain, flex = (m.eval() for m in pair(objective="mlm", emd=emd))
+@pytest.mark.parametrize("emd,share", [(False, True), (True, True), (False, False)])
+def test_flex_forward_equals_plain_on_cpu(emd, share):
+    plain, flex = (m.eval() for m in pair(objective="mlm", emd=emd, share_att_key=share))
     ids, mask, labels, seg = packed_batch()
     real = mask.bool()
     for segments in (None, seg):

@@ -88,6 +88,7 @@ def ours(tmp_path, **cfg) -> Model:
     [
         {},  # log buckets: 8 per side over a 64-position range, sequences of 40
         {"position_buckets": -1, "max_relative_positions": 16},  # plain clamp, no buckets
+        {"share_att_key": False},  # v1/v2: the relative table's own W_q,r and W_k,r
     ],
 )
 def test_logits_and_gradients_match_hf(tmp_path, kw):
@@ -95,6 +96,7 @@ def test_logits_and_gradients_match_hf(tmp_path, kw):
     hf.save_pretrained(tmp_path)
     model = import_hf(tmp_path).eval()
     assert model.config.objective == "mlm" and not model.config.emd
+    assert model.config.share_att_key == kw.get("share_att_key", True)
     ids, mask, labels = batch()
     # Every position, padding included: our masked softmax is HF's.
     diff = (model.mlm_logits(ids, mask) - hf(input_ids=ids, attention_mask=mask).logits).abs()
@@ -318,3 +320,22 @@ def test_rtd_import_of_a_plain_hf_layout_and_its_export(tmp_path):
     for f in files:
         x, y = out[f], load_file(tmp_path / "again" / f)
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f
+
+
+def test_separate_relative_projections_export_and_absent_key_means_separate(tmp_path):
+    """share_att_key = false exports with its own pos_query_proj / pos_key_proj and loads in
+    HF with identical logits; a config without the key is HF's default (separate)."""
+    model = ours(tmp_path, objective="mlm", share_att_key=False)
+    names = {n for n, _ in model.named_parameters()}
+    assert any(n.endswith("attention.self.pos_key_proj.weight") for n in names)
+    export_hf(model, tmp_path / "out")
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["share_att_key"] is False
+    hf = DebertaV2ForMaskedLM.from_pretrained(tmp_path / "out").eval()
+    ids, mask, _ = batch()
+    with torch.no_grad():
+        diff = model.mlm_logits(ids, mask) - hf(input_ids=ids, attention_mask=mask).logits
+    assert diff.abs().max() <= 1e-5
+    del cfg["share_att_key"]
+    (tmp_path / "out" / "config.json").write_text(json.dumps(cfg))
+    assert import_hf(tmp_path / "out").config.share_att_key is False
