@@ -17,9 +17,8 @@ from pretrain.train import train
 
 # The sample corpus (Python's documentation, WordPiece) at 64 tokens: a tiny BERT learns NSP
 # within a few hundred steps (0.52 / 0.69 / 0.75 validation accuracy at steps 200 / 400 / 600,
-# 2026-12-04). SOP is not learnt reliably at this size within a test's budget (README: at
-# 1,500 steps ALBERT stays at chance, BERT reaches 0.69 with one seed and stays at chance with
-# another), so the SOP run checks only the mechanics below and in the resume test.
+# 2026-12-04). SOP takes thousands of steps at this size (ALBERT: chance until ~3,500, 0.73 at
+# 5,000; docs/loader.md), too long for a test: the SOP runs here check the mechanics.
 LEARN = [
     "data.seq_len=64",
     "batch.global_batch_size=64",
