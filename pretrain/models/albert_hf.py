@@ -21,14 +21,13 @@ keeps the L layers apart).
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict
 
 import torch
 
 from pretrain.models.albert import ACTIVATIONS, Config, Model
 from pretrain.models.base import check_hf_config, config_kwargs
-from pretrain.models.hf_io import load_converted_state, load_hf_dir, normalise_keys, save_hf_dir
+from pretrain.models.hf_io import load_hf_dir, load_with_optional_heads, normalise_keys, save_hf_dir
 
 # What an HF ALBERT config must say for our modules to compute the same function, besides
 # hidden_act (two values, checked apart): key -> (HF's default when absent, the value supported).
@@ -125,15 +124,9 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
         kwargs.update(num_hidden_groups=1, inner_group_num=1)
     model = Model(Config(**kwargs))
 
-    state = _fold_shared(_normalise_keys(state, hf_dir), model, hf_dir)
-    fresh = tuple(p for p in _OPTIONAL if not any(k.startswith(p) for k in state))
-    load_converted_state(model, state, str(hf_dir), allow_missing=fresh)
-    if fresh:
-        warnings.warn(
-            f"{hf_dir}: no {', '.join(_OPTIONAL[p] for p in fresh)} in the checkpoint; "
-            f"{', '.join(p.rstrip('.') for p in fresh)} initialised fresh",
-            stacklevel=2,
-        )
+    load_with_optional_heads(
+        model, _fold_shared(_normalise_keys(state, hf_dir), model, hf_dir), hf_dir, _OPTIONAL
+    )
     return model
 
 

@@ -10,14 +10,13 @@ and the next-sentence head.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import asdict
 
 import torch
 
 from pretrain.models.base import BERT_LIKE, check_hf_config, config_kwargs
 from pretrain.models.bert import Config, Model
-from pretrain.models.hf_io import load_converted_state, load_hf_dir, normalise_keys, save_hf_dir
+from pretrain.models.hf_io import load_hf_dir, load_with_optional_heads, normalise_keys, save_hf_dir
 
 # Parts a checkpoint may lack (BertForMaskedLM: pooler and NSP head; BertModel: both heads,
 # sometimes the pooler): prefix -> what it is, for the warning.
@@ -61,15 +60,7 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
     check_hf_config(cfg, hf_dir, "bert", BERT_LIKE)
     model = Model(Config(**{**config_kwargs(cfg, Config), **overrides}))
 
-    state = _normalise_keys(state, hf_dir)
-    fresh = tuple(p for p in _OPTIONAL if not any(k.startswith(p) for k in state))
-    load_converted_state(model, state, str(hf_dir), allow_missing=fresh)
-    if fresh:
-        warnings.warn(
-            f"{hf_dir}: no {' and no '.join(_OPTIONAL[p] for p in fresh)} in the checkpoint; "
-            f"{', '.join(p.rstrip('.') for p in fresh)} initialised fresh",
-            stacklevel=2,
-        )
+    load_with_optional_heads(model, _normalise_keys(state, hf_dir), hf_dir, _OPTIONAL)
     return model
 
 

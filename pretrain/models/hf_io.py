@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -112,3 +113,19 @@ def normalise_keys(
                     f"{source}: {key} differs from {twin}; untied heads are not supported"
                 )
     return out
+
+
+def load_with_optional_heads(
+    model: nn.Module, state: dict[str, torch.Tensor], source, optional: dict[str, str]
+) -> None:
+    """``load_converted_state``, where the parts under each prefix of ``optional`` (prefix ->
+    what it is, e.g. ``{"bert.pooler.": "pooler"}``) may be absent from ``state`` (a bare
+    encoder, a *ForMaskedLM file): those keep their fresh initialisation, with one warning."""
+    fresh = tuple(p for p in optional if not any(k.startswith(p) for k in state))
+    load_converted_state(model, state, str(source), allow_missing=fresh)
+    if fresh:
+        warnings.warn(
+            f"{source}: no {' and no '.join(optional[p] for p in fresh)} in the checkpoint; "
+            f"{', '.join(p.rstrip('.') for p in fresh)} initialised fresh",
+            stacklevel=3,
+        )

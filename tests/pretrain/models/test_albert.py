@@ -260,12 +260,14 @@ def test_import_fills_missing_heads_and_accepts_legacy_keys(tmp_path):
     torch.manual_seed(6)
     config = transformers.AlbertConfig(**TINY)
     transformers.AlbertModel(config).save_pretrained(tmp_path / "enc")  # no prefix, pooler
-    with pytest.warns(UserWarning, match="no MLM head, sentence-order head in the checkpoint"):
+    with pytest.warns(
+        UserWarning, match="no MLM head and no sentence-order head in the checkpoint"
+    ):
         model = albert_hf.import_hf(tmp_path / "enc")
     enc = load_file(tmp_path / "enc" / "model.safetensors")
     assert torch.equal(model.albert.pooler.weight, enc["pooler.weight"])
     transformers.AlbertForMaskedLM(config).save_pretrained(tmp_path / "mlm")
-    with pytest.warns(UserWarning, match="no pooler, sentence-order head"):
+    with pytest.warns(UserWarning, match="no pooler and no sentence-order head"):
         albert_hf.import_hf(tmp_path / "mlm")
     # Older files carry the tied decoder copies and TF's gamma/beta names.
     hf_model().save_pretrained(tmp_path / "legacy")
