@@ -6,9 +6,11 @@
 - ``losses``: the per-step training records of a run's ``metrics.jsonl``.
 - ``train_command`` / ``deepspeed_command``: a training run as a child process (one
   process, or two ranks under DeepSpeed's launcher).
+- ``random_masked_batch``: a padded, partly labelled batch of random tokens.
+- ``TINY_ENCODER``: the sizes of the tiny fp32 models of the model and distillation tests.
 - ``clean_env``: the environment for a child process that must not inherit this
   process's distributed variables.
-- ``python -m pretrain.testing SPEC.json``: run several trainings one after another in the
+- ``torchrun_specs`` / ``python -m pretrain.testing SPEC.json``: run several trainings one after another in the
   same processes (under torchrun / the DeepSpeed launcher), so that a multi-rank test pays
   the process start-up once.
 """
@@ -18,8 +20,11 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from data_pipeline.cli import main as data
 from data_pipeline.synthetic import write_synthetic_shards
@@ -45,6 +50,53 @@ _DIST_ENV = (
     "TORCHELASTIC_RUN_ID",
     "OMP_NUM_THREADS",
 )
+
+
+# Tiny encoder sizes (HF names) for the in-process model tests: a few milliseconds per
+# forward, dropout off so that results are deterministic.
+TINY_ENCODER = dict(
+    vocab_size=97,
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=64,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
+
+
+def random_masked_batch(vocab: int, length=24, rows=3, rate=0.3, seed=1):
+    """(ids, attention mask, labels) of random tokens >= 5: the last row padded from 2/3 of
+    its length, about ``rate`` of the real tokens labelled (model tests)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab, (rows, length), generator=g)
+    mask = torch.ones_like(ids)
+    mask[-1, length * 2 // 3 :] = 0
+    labels = torch.full_like(ids, -100)
+    pick = (torch.rand(ids.shape, generator=g) < rate) & mask.bool()
+    labels[pick] = ids[pick]
+    return ids, mask, labels
+
+
+def short_run(steps: int, checkpoint_every: int) -> list[str]:
+    """Overrides of the short runs that multi-rank tests compare with one rank: 16 rows of 32
+    tokens per step (4 per micro-batch), no dropout (ranks draw from their own RNG streams),
+    every step logged, evaluation every 4 steps, no HF export."""
+    return [
+        "data.seq_len=32",
+        "batch.global_batch_size=16",
+        "batch.micro_batch_size=4",
+        f"max_steps={steps}",
+        f"schedule.total_steps={steps}",
+        f"checkpoint.every_steps={checkpoint_every}",
+        "checkpoint.export_hf=false",
+        "eval.every_steps=4",
+        "eval.max_sequences=16",
+        "model.overrides.hidden_dropout_prob=0.0",
+        "model.overrides.attention_probs_dropout_prob=0.0",
+        "logging.every_steps=1",
+    ]
 
 
 def _done(d: Path) -> bool:
@@ -174,6 +226,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def torchrun_specs(spec: list[dict], spec_path: str | os.PathLike, ranks: int = 2):
+    """Run ``spec`` (``run_spec``'s list) under ``torchrun --standalone`` with ``ranks``
+    processes; returns the ``CompletedProcess`` (output captured)."""
+    Path(spec_path).write_text(json.dumps(spec))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    cmd += [str(ranks), "-m", "pretrain.testing", str(spec_path)]
+    return subprocess.run(cmd, env=clean_env(), capture_output=True, text=True, timeout=600)
 
 
 def run_spec(spec_path: str) -> int:

@@ -4,7 +4,8 @@ The batches come from the training loader itself (``PretrainLoader``; ``--split 
 ``validation_loader``, with its fixed masks), so what is dumped and measured here is exactly
 what a run with the same seq_len / packing / masking / seed gets for its first global batches
 on one rank. With ``--packing pairs`` the file also holds ``token_type_ids`` and
-``sentence_labels`` and the label balance is printed. Prints masking statistics (rate, mask / random / unchanged split), packing
+``sentence_labels`` and the label balance is printed; with ``--boundaries`` it holds
+``span_left`` / ``span_right``. Prints masking statistics (rate, mask / random / unchanged split), packing
 efficiency and one decoded row when a tokenizer is available (default: SHARD_DIR/tokenizer,
 which ``preprocess`` writes).
 """
@@ -47,6 +48,18 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument("--masking", choices=("mlm", "wwm", "span"), default="mlm")
     parser.add_argument("--mask-prob", type=float, default=0.15, metavar="P")
+    parser.add_argument(
+        "--boundaries",
+        action="store_true",
+        help="also write span_left / span_right (SpanBERT's span boundaries)",
+    )
+    parser.add_argument(
+        "--static-copies",
+        type=int,
+        default=0,
+        metavar="N",
+        help="static masking: masks repeat every N epochs (0: dynamic)",
+    )
     parser.add_argument("--packing", choices=("full", "doc", "pairs"), default="full")
     parser.add_argument(
         "--pair-task",
@@ -71,7 +84,12 @@ def _batches(args):
             seed=args.seed,
             num_workers=args.num_workers,
         )
-        masking = MaskingConfig(kind=args.masking, mask_prob=args.mask_prob)
+        masking = MaskingConfig(
+            kind=args.masking,
+            mask_prob=args.mask_prob,
+            boundaries=args.boundaries,
+            static_copies=args.static_copies,
+        )
         if args.split == "valid":
             loader = validation_loader(cfg, masking, args.batch_size, 0, 1, args.num_batches)
         else:
@@ -110,7 +128,8 @@ def main(args) -> int:
         k: np.stack([b[k].numpy() for b in batches])
         for k in ("input_ids", "labels", "attention_mask", "segment_ids", "sample_ids")
     }
-    for k in ("token_type_ids", "sentence_labels"):  # sentence pairs only
+    # Sentence pairs only; span boundaries only with --boundaries.
+    for k in ("token_type_ids", "sentence_labels", "span_left", "span_right"):
         if k in batches[0]:
             arrays[k] = np.stack([b[k].numpy() for b in batches])
     arrays["epoch"] = np.array([int(b["epoch"]) for b in batches], dtype=np.int64)

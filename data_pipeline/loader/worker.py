@@ -11,7 +11,9 @@ geometry (G, W, M, rank), packing and masking settings and the position to start
 * worker ``w`` of ``N`` builds the micro-batches ``j`` (counted from the start position) with
   ``j % N == w``; the DataLoader's round-robin then yields them in sequence, so the batches do
   not depend on the number of workers;
-* masking happens here, once per micro-batch, keyed by (seed, epoch, global row id).
+* masking happens here, once per micro-batch, keyed by (seed, epoch, global row id); with
+  ``masking.static_copies = N`` by (seed, epoch mod N, the row's contents) instead, and with
+  ``masking.boundaries`` the batch also carries each predicted token's span boundaries.
 
 Each micro-batch carries a private ``_info`` dict (position, counters, corruption events)
 that ``PretrainLoader`` strips off in the rank's main process.
@@ -31,7 +33,13 @@ from data_pipeline.loader.documents import ShardPool
 from data_pipeline.loader.ordering import EpochOrder, ShardTable
 from data_pipeline.loader.packing import DocLayout, FullLayout, Piece
 from data_pipeline.loader.pairs import PairLayout, assemble_pairs
-from data_pipeline.masking import MaskingConfig, mask_batch, row_keys
+from data_pipeline.masking import (
+    MaskingConfig,
+    content_keys,
+    mask_batch,
+    row_keys,
+    span_boundaries,
+)
 
 
 @dataclass
@@ -168,6 +176,17 @@ class BatchBuilder:
             self._layouts = {epoch: self.plan.layout(epoch, self.pool)}  # one epoch at a time
         return self._layouts[epoch]
 
+    def mask_keys(self, epoch: int, sample_ids: np.ndarray, ids: np.ndarray, att: np.ndarray):
+        """The rows' masking keys: of (seed, epoch, row id), validation's of epoch 0, or with
+        static masking of (seed, epoch mod N, contents), so a recurring row gets its mask back
+        every N epochs wherever it lands (ids and positions change with the order)."""
+        p = self.plan
+        copies = p.masking.static_copies
+        if copies and not p.fixed_masks:  # validation keeps its fixed masks
+            return row_keys(p.seed, epoch % copies, content_keys(ids, att))
+        # Empty rows (id -1) have nothing maskable; any valid key will do for them.
+        return row_keys(p.seed, 0 if p.fixed_masks else epoch, np.maximum(sample_ids, 0))
+
     def micro_batch(self, epoch: int, b: int, a: int, last: bool) -> dict:
         p = self.plan
         layout = self.layout(epoch)
@@ -191,11 +210,13 @@ class BatchBuilder:
             )
         maskable = att.astype(bool) & ~self.is_special[ids]
         sample_ids = np.asarray(row_ids, dtype=np.int64)
-        # Empty rows (id -1) have nothing maskable; any valid key will do for them.
-        keys = row_keys(p.seed, 0 if p.fixed_masks else epoch, np.maximum(sample_ids, 0))
+        keys = self.mask_keys(epoch, sample_ids, ids, att)
         masked, labels = mask_batch(
             ids, ws, maskable, keys, p.masking, p.special_ids["mask"], self.random_ids
         )
+        if p.masking.boundaries:  # a function of the labels: nothing to save for a resume
+            left, right = span_boundaries(labels, att)
+            extra.update(span_left=torch.from_numpy(left), span_right=torch.from_numpy(right))
         real = sample_ids >= 0
         info = self.pool.drain()
         info.update(

@@ -7,6 +7,8 @@ Lea & Flood 2014) applied to a Weyl sequence. ``mix64`` is Stafford's "variant 1
 finaliser, a bijection on 64-bit words with full avalanche, so distinct inputs give
 distinct, well-scattered outputs. Independent streams (selection order, split order,
 random replacement ids, span draws) come from mixing the row key with a per-stream salt.
+``content_keys`` hashes a row's tokens instead of its id, for static masking (a row's mask
+then follows its contents wherever it lands).
 
 All functions take and return numpy ``uint64`` *arrays*: numpy wraps array arithmetic
 modulo 2**64 silently, whereas operations on ``np.uint64`` scalars warn on overflow.
@@ -31,6 +33,8 @@ STREAM_ROW = U64(0x082EFA98EC4E6C89)  # per-row uniforms (probabilistic rounding
 STREAM_SPAN = U64(0x452821E638D01377)  # span anchors, lengths and budget coins
 SALT_SEED = U64(0xB7E151628AED2A6B)
 SALT_EPOCH = U64(0xBF7158809CF4F3C7)
+SALT_TOKEN = U64(0x9216D5D98979FB1B)  # content_keys: token ids, then the row's length
+SALT_LENGTH = U64(0xD1310BA698DFB5AC)
 
 
 def mix64(z: np.ndarray) -> np.ndarray:
@@ -92,3 +96,26 @@ def row_keys(seed: int, epoch: int, sample_ids: np.ndarray) -> np.ndarray:
     if ids.dtype.kind == "i" and ids.size and int(ids.min()) < 0:
         raise ValueError(f"sample_ids must be non-negative, got {int(ids.min())}")
     return mix64(mix64(ids.astype(U64) + e) ^ s)
+
+
+def content_keys(input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """A 64-bit, order-sensitive hash of each row's real (attention 1) token ids: (B,) uint64.
+
+    Static masking keys rows by these (``row_keys(seed, epoch % N, content_keys(...))``) so
+    that identical rows get identical masks wherever they land. The hash is a sum over the
+    real tokens of ``hash_at(mix64(id ^ SALT_TOKEN), k)``, k the token's rank among the row's
+    real tokens (so padding, wherever it is, changes nothing), mixed with the row's length:
+    swapping two different tokens changes the sum, and for distinct rows a collision has
+    probability ~2**-64. An empty row gets a valid key like any other.
+    """
+    ids, att = np.asarray(input_ids), np.asarray(attention_mask)
+    if ids.ndim != 2 or ids.dtype.kind not in "iu":
+        raise ValueError(f"input_ids must be a 2-D integer array, got {ids.ndim}-D {ids.dtype}")
+    if att.shape != ids.shape:
+        raise ValueError(f"attention_mask {att.shape} must match input_ids {ids.shape}")
+    real = att != 0
+    rank = np.cumsum(real, axis=1) - 1  # 0, 1, ... over the real tokens of each row
+    terms = hash_at(stream_keys(ids.astype(U64), SALT_TOKEN), rank.astype(U64))
+    total = np.where(real, terms, U64(0)).sum(axis=1, dtype=U64)  # wraps modulo 2**64
+    length = real.sum(axis=1).astype(U64)
+    return mix64(total ^ stream_keys(length, SALT_LENGTH))

@@ -6,6 +6,10 @@ its key (``row_keys(seed, epoch, sample_id)``) and its contents only, never of t
 other rows, the batch size, the padded length, the rank or the worker. All randomness
 is counter-based hashing (``hashing``), never an RNG with state.
 
+Two switches leave this procedure alone: ``boundaries`` only makes the loader add each
+predicted token's span boundaries (module ``boundaries``) to the batch, and ``static_copies``
+only changes the loader's keys (a row's contents and epoch mod N instead of its id and epoch).
+
 How a row is masked (fairseq / RoBERTa / SpanBERT semantics, exact counts):
 
 1. Budget: ``n = floor(mask_prob * maskable + u)`` tokens (probabilistic rounding, as
@@ -74,6 +78,17 @@ class MaskingConfig:
     """span only: span length in words ~ Geometric(span_p) restricted to 1..span_max."""
     span_max: int = 10
     """span only: the longest span, in words."""
+    boundaries: bool = False
+    """Emit ``span_left`` / ``span_right`` in every batch: the positions of each predicted
+    token's span boundary tokens (SpanBERT's span boundary objective needs them; see
+    ``data_pipeline.masking.boundaries``)."""
+    static_copies: int = 0
+    """0: dynamic masking, a new mask every epoch; N >= 1: a row's mask depends on epoch mod N
+    and on the row's *contents* (not its position), so each sequence is seen with N different
+    masks repeating with period N (RoBERTa's static baseline: 10 copies); with reshuffled
+    packing (data.packing = "full" and data.shuffle) rows are cut differently each epoch, so
+    use data.shuffle = false, or packing = "doc" with pad_doc_rows, for sequences that recur.
+    Validation keeps its fixed masks either way."""
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -97,6 +112,11 @@ class MaskingConfig:
             raise ValueError(f"masking span_max must be an integer, got {self.span_max!r}")
         if self.span_max < 1:
             raise ValueError(f"masking span_max must be >= 1, got {self.span_max}")
+        if not isinstance(self.boundaries, bool):
+            raise ValueError(f"masking boundaries must be true or false, got {self.boundaries!r}")
+        copies = self.static_copies
+        if isinstance(copies, bool) or not isinstance(copies, int) or copies < 0:
+            raise ValueError(f"masking static_copies must be an integer >= 0, got {copies!r}")
 
 
 def _check(input_ids, word_start, maskable, keys, cfg, random_ids):

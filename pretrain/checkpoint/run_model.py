@@ -10,12 +10,16 @@ from pathlib import Path
 
 from pretrain.checkpoint.layout import CHECKPOINTS, RunDirError, latest_tag
 from pretrain.config.toml_io import tomllib
+from pretrain.distill.distiller import shell
 from pretrain.engine import consolidated_state_dict
 from pretrain.models import arch_module, hf_module
 
 
 def load_run_model(run_dir: str | os.PathLike):
     """(model in eval mode with consolidated fp32 weights, tokenizer directory) of a run.
+
+    A distillation run's model is its student (the projections W_e / W_h stay in the
+    checkpoint; the teacher was never part of it).
 
     The newest complete checkpoint (any ZeRO stage), else the final HF export in RUN_DIR/hf.
     Never runs code from the run directory: checkpoint files are read weights-only
@@ -28,7 +32,9 @@ def load_run_model(run_dir: str | os.PathLike):
     if tag is not None:
         info = json.loads((root / tag / "model.json").read_text())
         mod = arch_module(info["arch"])
-        model = mod.Model(mod.Config(**info["config"]))
+        model = student = mod.Model(mod.Config(**info["config"]))
+        if "distill" in info:  # the checkpoint holds a Distiller: student + W_e / W_h
+            model = shell(student, info["distill"])
         try:  # weights-only reads: nothing pickled in the checkpoint runs
             state = consolidated_state_dict(root / tag, model)
         except ValueError as e:
@@ -42,7 +48,7 @@ def load_run_model(run_dir: str | os.PathLike):
                 f"{root / tag}: weights do not match the model "
                 f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})"
             )
-        return model.eval(), root / tag / "tokenizer"
+        return student.eval(), root / tag / "tokenizer"
     hf = run / "hf"
     if (hf / "config.json").is_file() and (run / "config.toml").is_file():
         arch = tomllib.loads((run / "config.toml").read_text())["model"]["arch"]

@@ -97,6 +97,12 @@ def dry_run(cfg: RunConfig, world_size: int | None) -> int:
     print(f"parameters = {counts}  ({vocab_note})")
     if note:
         print(note)
+    if (d := cfg.distill).enabled:  # the teacher itself is loaded (and checked) by training
+        print(
+            f"distillation = recipe {d.recipe}, weights {d.weights()}, temperature "
+            f"{d.resolved_temperature()}, student_init {d.resolved_student_init()}, "
+            f"teacher {d.teacher}{'' if Path(d.teacher).is_dir() else ' (not found yet)'}"
+        )
     print("deepspeed config = " + json.dumps(ds, indent=1, sort_keys=True))
     return 0
 

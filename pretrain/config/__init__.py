@@ -10,9 +10,10 @@ step. The accumulation A = G / (world_size * micro_batch_size) is derived, never
 
 Modules: ``toml_io`` (typed dataclasses <-> TOML, overrides, errors), ``learning`` (model,
 data, optimizer, schedule, batch), ``runtime`` (precision, ZeRO, checkpoints, evaluation,
-logging, timeouts, perf, debug), ``run`` (``RunConfig``, ``load_config``).
+logging, timeouts, perf, debug), ``distill`` (teacher, recipe, term weights), ``run`` (``RunConfig``, ``load_config``).
 """
 
+from pretrain.config.distill import DistillConfig
 from pretrain.config.learning import (
     BatchConfig,
     DataConfig,
@@ -39,6 +40,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DebugConfig",
+    "DistillConfig",
     "DistributedConfig",
     "EvalConfig",
     "LoggingConfig",

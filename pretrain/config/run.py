@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from data_pipeline.masking import MaskingConfig
+from pretrain.config.distill import DistillConfig
 from pretrain.config.learning import (
     BatchConfig,
     DataConfig,
@@ -65,6 +66,8 @@ class RunConfig:
     """metrics.jsonl / TensorBoard cadence, progress bar, MFU peak, sample audit."""
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     """Timeouts of the process group (how soon a hung job fails)."""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """Distillation from a frozen teacher: teacher, recipe, term weights, student init."""
     perf: PerfConfig = field(default_factory=PerfConfig)
     """Speed knobs that keep the results: torch.compile, fixed-capacity MLM head."""
     debug: DebugConfig = field(default_factory=DebugConfig)
@@ -86,6 +89,12 @@ class RunConfig:
             raise ConfigError(
                 f'data.packing = "pairs" needs a model with a sentence-pair head '
                 f"({', '.join(PAIR_ARCHITECTURES)}), not model.arch = {self.model.arch!r}"
+            )
+        sbo = self.model.model_kwargs().get("sbo", False)
+        if sbo and not self.masking.boundaries:
+            raise ConfigError(
+                "model.overrides.sbo = true (SpanBERT's span boundary objective) needs "
+                "masking.boundaries = true (the batches then carry each span's boundaries)"
             )
         total = self.schedule.total_steps or self.max_steps
         if self.schedule.kind != "constant" and total <= self.schedule.warmup_steps:

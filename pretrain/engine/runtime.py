@@ -107,10 +107,11 @@ class Engine:
         """Model outputs (sums and counts) for one micro-batch."""
         dev = self.device
         seg = batch["segment_ids"].to(dev, non_blocking=True) if segments else None
-        # Sentence-pair rows (data.packing = "pairs") also carry token types and a label each.
+        # Sentence-pair rows (data.packing = "pairs") also carry token types and a label each;
+        # masking.boundaries adds the span boundaries of SpanBERT's SBO.
         pairs = {
             k: batch[k].to(dev, non_blocking=True)
-            for k in ("token_type_ids", "sentence_labels")
+            for k in ("token_type_ids", "sentence_labels", "span_left", "span_right")
             if k in batch
         }
         return self.ds(
@@ -167,6 +168,19 @@ class Engine:
 
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)
+
+    def diagnostics(self) -> dict[str, float]:
+        """The model's ``diagnostics()`` (e.g. DeBERTa-v3's embedding cosine), computed on
+        whole parameters: gathered first under ZeRO-3, whose ranks hold slices."""
+        fn = getattr(self.module, "diagnostics", None)
+        if fn is None:
+            return {}
+        if self.zero_stage != 3:
+            return fn()
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(self.module.parameters())):
+            return fn()
 
     def close(self) -> None:
         """Undo DeepSpeed's process-wide side effects once this engine is done.

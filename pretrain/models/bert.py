@@ -38,6 +38,8 @@ from pretrain.models.layers import (
     init_bert_weights,
     sdpa_mask_or_none,
 )
+from pretrain.models.sbo import SpanBoundaryHead, sbo_forward
+from pretrain.models.taps import Taps
 
 
 @dataclass
@@ -53,8 +55,15 @@ class Config(EncoderConfig):
     type_vocab_size: int = 2
     """Token types: 0 for the first segment ([CLS] A [SEP]), 1 for the second (B [SEP])."""
 
+    sbo: bool = False
+    """SpanBERT's span boundary objective: an extra head predicting every masked token from
+    its span's boundary tokens (``pretrain.models.sbo``; needs masking.boundaries = true)."""
+    sbo_positions: int = 64
+    """Rows of the SBO head's relative position table (a token's place in its span; places
+    beyond share the last row)."""
+
     ARCH: ClassVar[str] = "bert"
-    POSITIVE: ClassVar[tuple[str, ...]] = ("type_vocab_size",)
+    POSITIVE: ClassVar[tuple[str, ...]] = ("type_vocab_size", "sbo_positions")
 
 
 PRESETS = {
@@ -129,7 +138,7 @@ class BertEncoder(nn.Module):
         self.pooler = Pooler(c)
 
     def forward(
-        self, input_ids, attention_mask, segment_ids=None, token_type_ids=None
+        self, input_ids, attention_mask, segment_ids=None, token_type_ids=None, taps=None
     ) -> torch.Tensor:
         t = input_ids.shape[1]
         if t > self.max_len:
@@ -139,7 +148,7 @@ class BertEncoder(nn.Module):
             )
         position_ids = torch.arange(t, device=input_ids.device)[None]  # (1, T): HF's absolute
         x = self.embeddings(input_ids, position_ids, token_type_ids)  # (B, T, C)
-        return self.encoder(x, sdpa_mask_or_none(attention_mask, segment_ids))
+        return self.encoder(x, sdpa_mask_or_none(attention_mask, segment_ids), taps)
 
 
 class HeadTransform(nn.Module):
@@ -191,6 +200,10 @@ class Model(nn.Module):
         self.config = config
         self.bert = BertEncoder(config)
         self.cls = PreTrainingHeads(config)
+        if config.sbo:  # SpanBERT's second head (not part of HF exports)
+            self.sbo = SpanBoundaryHead(
+                config.hidden_size, config.vocab_size, config.sbo_positions, config.layer_norm_eps
+            )
         self.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def forward(
@@ -201,16 +214,27 @@ class Model(nn.Module):
         segment_ids=None,
         token_type_ids=None,
         sentence_labels=None,
+        taps: Taps | None = None,
+        span_left=None,
+        span_right=None,
     ) -> dict[str, torch.Tensor]:
-        h = self.bert(input_ids, attention_mask, segment_ids, token_type_ids)  # (B, T, C)
+        """Loss sums and counts; ``taps`` records hidden states, attention scores and the
+        decoded logits (``pretrain.models.taps``, for distillation); ``span_left`` /
+        ``span_right``: the span boundaries the SBO head reads (``config.sbo``)."""
+        h = self.bert(input_ids, attention_mask, segment_ids, token_type_ids, taps)  # (B, T, C)
         out = {}
         if sentence_labels is not None:  # (B,): 0 B follows A, 1 random B, -100 no pair
             out = sentence_sums(self.cls.seq_relationship(self.bert.pooler(h)), sentence_labels)
+        if self.config.sbo:
+            words = self.bert.embeddings.word_embeddings.weight
+            out.update(sbo_forward(self, h, labels, span_left, span_right, words))
         if self.predict_capacity is None:
             h, targets = gather_predicted(h, labels)  # (N, C), (N,)
         else:
             h, targets, _, _ = gather_predicted_fixed(h, labels, self.predict_capacity)
         logits = self.cls.predictions(h, self.bert.embeddings.word_embeddings.weight)  # (N, V)
+        if taps is not None:
+            taps.logits, taps.targets = logits, targets
         return {**mlm_sums(logits, targets), **out}
 
     def mlm_logits(

@@ -17,6 +17,7 @@ import torch
 from pretrain.models.base import BERT_LIKE, check_hf_config, config_kwargs
 from pretrain.models.bert import Config, Model
 from pretrain.models.hf_io import load_hf_dir, load_with_optional_heads, normalise_keys, save_hf_dir
+from pretrain.models.sbo import strip_for_export
 
 # Parts a checkpoint may lack (BertForMaskedLM: pooler and NSP head; BertModel: both heads,
 # sometimes the pooler): prefix -> what it is, for the warning.
@@ -43,7 +44,8 @@ def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
     """Write ``config.json`` + ``model.safetensors`` loadable by ``BertForPreTraining`` (and,
     without pooler and NSP head, by ``BertForMaskedLM``)."""
     dtype = model.bert.embeddings.word_embeddings.weight.dtype
-    save_hf_dir(out_dir, hf_config(model.config, dtype), model.state_dict())
+    # SpanBERT's SBO head is a pretraining head HF does not have: the backbone is exported.
+    save_hf_dir(out_dir, *strip_for_export(hf_config(model.config, dtype), model.state_dict()))
 
 
 def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
@@ -60,7 +62,9 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
     check_hf_config(cfg, hf_dir, "bert", BERT_LIKE)
     model = Model(Config(**{**config_kwargs(cfg, Config), **overrides}))
 
-    load_with_optional_heads(model, _normalise_keys(state, hf_dir), hf_dir, _OPTIONAL)
+    # An SBO head (init_from with sbo = true) is never in an export: initialised fresh.
+    optional = {**_OPTIONAL, "sbo.": "span boundary head"} if model.config.sbo else _OPTIONAL
+    load_with_optional_heads(model, _normalise_keys(state, hf_dir), hf_dir, optional)
     return model
 
 

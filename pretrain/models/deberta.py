@@ -1,4 +1,4 @@
-"""DeBERTa-v3 (He et al., 2021): disentangled attention, EMD, and RTD with GDES.
+"""DeBERTa-v3 (He et al., 2021): disentangled attention, EMD, and RTD with GDES (or ES, NES).
 
 Parameter names are those of HF ``DebertaV2ForMaskedLM`` with ``legacy=False``
 (``deberta.embeddings.word_embeddings``, ``deberta.encoder.layer.N.attention.self.query_proj``,
@@ -17,10 +17,11 @@ token types, scale sqrt(3 d). Differences from HF ``modeling_deberta_v2``:
   to the input of the last layer, which is re-applied ``EMD_REPEATS`` = 2 times with those
   queries against the unchanged keys/values; here only for the predicted positions. HF has
   no EMD: an exported model is encoder + head, i.e. ``mlm_logits(..., emd=False)``;
-- ``objective="rtd"``: microsoft/DeBERTa's ``RTDModel`` with ``embedding_sharing="gdes"`` in
-  one module: a generator (``generator.*``, an MLM model of the same width, half the depth),
-  a discriminator (``deberta.*``) whose token embedding is stop_gradient(generator embedding)
-  + ``deberta.embeddings.word_embeddings_delta`` (zero-initialised), and their RTD head
+- ``objective="rtd"``: microsoft/DeBERTa's ``RTDModel`` in one module: a generator
+  (``generator.*``, an MLM model of the same width (NES: any), half the depth), a discriminator
+  (``deberta.*``) whose token embedding is, with ``embedding_sharing="gdes"`` (default),
+  stop_gradient(generator embedding) + ``deberta.embeddings.word_embeddings_delta``
+  (zero-initialised; "es" and "nes": ``deberta_rtd``), and their RTD head
   ``mask_predictions`` (LayerNorm(h + h[first token of the document]) -> dense -> GELU ->
   classifier). Both losses come from one forward pass, for the objective to combine
   (microsoft's ``decoupled_training=False``; their default steps G and D separately).
@@ -32,7 +33,8 @@ token types, scale sqrt(3 d). Differences from HF ``modeling_deberta_v2``:
 that ships (the discriminator for RTD); *backbone* = the rest of that encoder (HF
 ``DebertaV2Model``: embedding LayerNorm, layers, relative embeddings and their LayerNorm;
 model cards also quote backbone without the embedding matrix); *total* = every trainable
-parameter of the pretraining model (heads, EMD position table, generator and GDES delta).
+parameter of the pretraining model (heads, EMD position table, generator, and the GDES delta
+or the NES discriminator's own table; ES adds nothing).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ from pretrain.models.deberta_layers import (
     MaskedLM,
     RTDHead,
 )
+from pretrain.models.deberta_rtd import EMBEDDING_SHARING, discriminator_input, sharing_diagnostics
 
 EMD_REPEATS = 2  # microsoft/DeBERTa EnhancedMaskDecoder: the last layer is applied twice
 EMD_QUERY_MULTIPLE = 64  # EMD query counts are padded to a multiple: few distinct shapes
@@ -89,6 +92,10 @@ class Config(RTDConfig):
     """Enhanced mask decoder before the MLM head (microsoft/DeBERTa); not part of HF exports."""
     objective: str = "rtd"
     """"rtd": generator MLM + discriminator replaced-token detection (DeBERTa-v3); "mlm"."""
+    embedding_sharing: str = "gdes"
+    """RTD only: how the discriminator gets its token embedding (``deberta_rtd``). "gdes":
+    stop_gradient(generator's) + a zero-initialised delta (DeBERTa-v3); "es": the generator's,
+    trained by both losses (ELECTRA); "nes": its own table (the generator may be narrower)."""
     attention_impl: str = "plain"
     """"plain" (PyTorch, anywhere), "flex" (FlexAttention; needs attention dropout 0, CUDA
     to train), "auto" (flex on CUDA when no attention dropout applies, plain otherwise)."""
@@ -115,9 +122,15 @@ class Config(RTDConfig):
                 "attention_impl='flex' cannot apply attention dropout; set "
                 "attention_probs_dropout_prob=0 or use 'auto'/'plain'"
             )
-        if self.objective == "rtd" and self.generator_hidden_size != self.hidden_size:
+        if self.embedding_sharing not in EMBEDDING_SHARING:
             self._fail(
-                "GDES shares the token embedding, so generator_hidden_size must equal hidden_size"
+                f"embedding_sharing must be 'es', 'nes' or 'gdes', got {self.embedding_sharing!r}"
+            )
+        shares = self.objective == "rtd" and self.embedding_sharing != "nes"
+        if shares and self.generator_hidden_size != self.hidden_size:
+            self._fail(
+                f"{self.embedding_sharing.upper()} shares the token embedding, so "
+                "generator_hidden_size must equal hidden_size (embedding_sharing='nes' need not)"
             )
 
     @property
@@ -189,8 +202,9 @@ class Model(nn.Module):
             self.lm_predictions = LMPredictions(config)
         else:
             self.generator = MaskedLM(config.generator_config())
-            # The discriminator has no EMD and no token table of its own (GDES).
-            self.deberta = DebertaModel(replace(config, emd=False), own_words=False)
+            # The discriminator has no EMD; its token table depends on the sharing mode.
+            disc = replace(config, emd=False)
+            self.deberta = DebertaModel(disc, sharing=config.embedding_sharing)
             self.mask_predictions = RTDHead(config)
         self.apply(lambda m: init_weights(m, config.initializer_range))
 
@@ -199,24 +213,28 @@ class Model(nn.Module):
         """The module holding the MLM ``deberta`` + ``lm_predictions`` (self or the generator)."""
         return self if self.config.objective == "mlm" else self.generator
 
-    def forward(self, input_ids, attention_mask, labels, segment_ids=None) -> dict:
-        ctx = self._context(input_ids, attention_mask, segment_ids)
-        h, targets, slots = self._mlm_hidden(input_ids, attention_mask, segment_ids, ctx, labels)
+    def forward(self, input_ids, attention_mask, labels, segment_ids=None, taps=None) -> dict:
+        """Loss sums and counts; ``taps`` (MLM objective; ``pretrain.models.taps``) records
+        hidden states, attention scores (on the plain attention path) and decoded logits.
+        With EMD, ``taps.hidden`` ends before the last block (EMD runs it for the head)."""
+        if taps is not None and self.config.objective != "mlm":
+            raise ValueError("taps record an MLM model; this DeBERTa trains RTD")
+        plain = taps is not None and taps.scores  # flex attention never forms the scores
+        ctx = self._context(input_ids, attention_mask, segment_ids, plain)
+        h, targets, slots = self._mlm_hidden(
+            input_ids, attention_mask, segment_ids, ctx, labels, taps=taps
+        )
         gen = self.mlm_part
         words = gen.deberta.embeddings.word_embeddings.weight
         logits = gen.lm_predictions.lm_head(h, words)  # (N, V): predicted positions only
         out = mlm_sums(logits, targets)
+        if taps is not None:
+            taps.logits, taps.targets = logits, targets
         if self.config.objective == "mlm":
             return out
         # Replace every predicted position by a sample of the generator (no gradient).
         sampled = sample_replacements(logits)  # (N,), same order as the gathered rows
-        if slots is None:
-            predicted = (labels.reshape(-1) != IGNORE_INDEX).nonzero(as_tuple=True)[0]  # (N,)
-            disc_ids = input_ids.reshape(-1).scatter(0, predicted, sampled).view_as(input_ids)
-        else:  # fixed capacity: (B, K) positions; padding slots write back the input token
-            pos, valid = slots
-            keep = input_ids.gather(1, pos)
-            disc_ids = input_ids.scatter(1, pos, torch.where(valid, sampled.view_as(pos), keep))
+        disc_ids = discriminator_input(input_ids, labels, sampled, slots)
         original = torch.where(labels != IGNORE_INDEX, labels, input_ids)
         h = self.deberta(disc_ids, attention_mask, ctx, shared=words)  # (B, T, C)
         first = _document_first(segment_ids, h.shape[1], h.device)  # (B|1, T)
@@ -232,6 +250,14 @@ class Model(nn.Module):
         gen = self.mlm_part
         return gen.lm_predictions.lm_head(h, gen.deberta.embeddings.word_embeddings.weight)
 
+    @torch.no_grad()
+    def diagnostics(self) -> dict[str, float]:
+        """What validation reports beside the losses: for RTD, how the generator's and the
+        discriminator's token embeddings relate (``deberta_rtd.sharing_diagnostics``: the
+        per-token cosine between the two tables, and each table's average cosine between
+        different tokens, by which the DeBERTa-v3 paper compares ES / NES / GDES)."""
+        return sharing_diagnostics(self) if self.config.objective == "rtd" else {}
+
     def encode(self, input_ids, attention_mask, segment_ids=None) -> torch.Tensor:
         """(B, T, C) last hidden states of the encoder that ships (HF ``DebertaV2Model``): the
         MLM encoder, or the discriminator for RTD (whose input is then the unmodified text)."""
@@ -241,26 +267,29 @@ class Model(nn.Module):
             shared = self.generator.deberta.embeddings.word_embeddings.weight
         return self.deberta(input_ids, attention_mask, ctx, shared=shared)
 
-    def _context(self, input_ids, attention_mask, segment_ids):
+    def _context(self, input_ids, attention_mask, segment_ids, plain: bool = False):
         c = self.config
-        flex = c.attention_impl == "flex" or (
-            c.attention_impl == "auto"
-            and input_ids.is_cuda
-            and not (self.training and c.attention_probs_dropout_prob > 0)
+        flex = not plain and (
+            c.attention_impl == "flex"
+            or (
+                c.attention_impl == "auto"
+                and input_ids.is_cuda
+                and not (self.training and c.attention_probs_dropout_prob > 0)
+            )
         )
         rel = relative_index(
             input_ids.shape[1], c.position_buckets, c.relative_range, input_ids.device
         )
         return build_context(rel, attention_mask.bool(), segment_ids, flex)
 
-    def _mlm_hidden(self, input_ids, attention_mask, segment_ids, ctx, labels, emd=None):
+    def _mlm_hidden(self, input_ids, attention_mask, segment_ids, ctx, labels, emd=None, taps=None):
         """What the MLM head decodes: (N, C) states at labelled positions, their (N,) targets
         (row-major order, as ``gather_predicted``) and None; with ``predict_capacity`` K:
         (B*K, C), (B*K,) targets (IGNORE_INDEX in padding slots) and the (B, K) positions and
         validity. Without labels: (B, T, C), None, None."""
         part, cap = self.mlm_part, self.predict_capacity
         if not (self.config.emd if emd is None else emd):
-            h = part.deberta(input_ids, attention_mask, ctx)  # (B, T, C)
+            h = part.deberta(input_ids, attention_mask, ctx, taps=taps)  # (B, T, C)
             if labels is None:
                 return h, None, None
             if cap is None:
@@ -277,7 +306,7 @@ class Model(nn.Module):
             )
         # EMD: the last layer again, queries = its input + absolute positions, keys/values =
         # its input; only for the positions the head decodes (microsoft does all, then drops).
-        penult = part.deberta(input_ids, attention_mask, ctx, skip_last=True)  # (B, T, C)
+        penult = part.deberta(input_ids, attention_mask, ctx, skip_last=True, taps=taps)
         pos = torch.arange(t, device=input_ids.device)
         pos = (pos - _document_first(segment_ids, t, input_ids.device)).expand(b, t)
         qctx, z, valid = ctx, penult, None

@@ -207,8 +207,9 @@ class DisentangledSelfAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(*x.shape[:-1], self.heads, self.head_dim).transpose(-3, -2)
 
-    def forward(self, hidden, query, rel_embeddings, ctx: AttentionContext) -> torch.Tensor:
-        """hidden (B, L, C) gives keys/values, query (B, M, C) the queries -> (B, M, C)."""
+    def forward(self, hidden, query, rel_embeddings, ctx: AttentionContext, taps=None):
+        """hidden (B, L, C) gives keys/values, query (B, M, C) the queries -> (B, M, C);
+        ``taps`` (``pretrain.models.taps.Taps``) records the scores of the plain path."""
         q = self._heads(self.query_proj(query))  # (B, H, M, D)
         k = self._heads(self.key_proj(hidden))  # (B, H, L, D)
         v = self._heads(self.value_proj(hidden))  # (B, H, L, D)
@@ -216,11 +217,13 @@ class DisentangledSelfAttention(nn.Module):
         shared = self.share_att_key
         pos_q = self._heads((self.query_proj if shared else self.pos_query_proj)(rel))  # (H, 2S, D)
         pos_k = self._heads((self.key_proj if shared else self.pos_key_proj)(rel))  # (H, 2S, D)
-        attend = self._flex if ctx.use_flex else self._plain
-        out = attend(q, k, v, pos_q, pos_k, ctx)  # (B, H, M, D)
+        if ctx.use_flex:
+            out = self._flex(q, k, v, pos_q, pos_k, ctx)  # (B, H, M, D)
+        else:
+            out = self._plain(q, k, v, pos_q, pos_k, ctx, taps)
         return out.transpose(1, 2).reshape(*query.shape[:-1], -1)  # (B, M, C)
 
-    def _plain(self, q, k, v, pos_q, pos_k, ctx):
+    def _plain(self, q, k, v, pos_q, pos_k, ctx, taps=None):
         b, h, m, _ = q.shape
         keys = k.shape[2]
         idx = ctx.rel_index if ctx.query_pos is None else ctx.rel_index[ctx.query_pos]
@@ -232,6 +235,8 @@ class DisentangledSelfAttention(nn.Module):
         p2c = p2c.gather(-1, idx.transpose(-1, -2).expand(b, h, keys, m)).transpose(-1, -2)
         scores = scores + (c2p / self.scale + p2c / self.scale)
         scores = scores.masked_fill(~ctx.mask, torch.finfo(scores.dtype).min)
+        if taps is not None and taps.scores:
+            taps.attention.append(scores)
         probs = self.dropout(torch.softmax(scores, dim=-1))
         return torch.matmul(probs, v)  # (B, H, M, D)
 

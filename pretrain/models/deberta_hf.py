@@ -7,12 +7,14 @@ Layout written by ``export_hf`` (and read back by ``import_hf``):
   EMD, ``deberta.embeddings.position_embeddings.weight`` is kept in the file (microsoft's
   layout; HF ignores that key on load) so that pretraining can continue with EMD; HF runs
   the model without EMD.
-- RTD model: the discriminator as ``DebertaV2Model`` (token embedding = generator embedding
-  + GDES delta), the generator as ``DebertaV2ForMaskedLM`` in ``generator/``, and in
-  ``rtd_state.safetensors`` what continuing RTD needs beyond them: the RTD head
-  (``mask_predictions.*``) and the delta itself (``deberta.embeddings.word_embeddings_delta``;
-  recomputing it as a difference of the two embeddings would round its low bits away). A
-  side file, so that HF loads the encoder with no unexpected keys.
+- RTD model: the discriminator as ``DebertaV2Model`` with its effective token embedding (GDES:
+  generator embedding + delta; ES: the generator's; NES: its own), the generator as
+  ``DebertaV2ForMaskedLM`` in ``generator/``, and in ``rtd_state.safetensors`` what continuing
+  RTD needs beyond them: the RTD head (``mask_predictions.*``), the ``embedding_sharing`` mode
+  (in the file's metadata; absent = "gdes", microsoft's) and, for GDES, the delta itself
+  (``deberta.embeddings.word_embeddings_delta``; recomputing it as a difference of the two
+  embeddings would round its low bits away). A side file, so that HF loads the encoder with
+  no unexpected keys.
 
 ``import_hf`` also reads HF's legacy MLM head (``cls.predictions.*``, decoder tied to the
 embedding), bare ``DebertaV2Model`` files (keys without ``deberta.``), microsoft/DeBERTa's
@@ -38,6 +40,7 @@ RTD_STATE_FILE = "rtd_state.safetensors"
 WORDS = "deberta.embeddings.word_embeddings.weight"
 EMD_POSITIONS = "deberta.embeddings.position_embeddings.weight"
 DELTA = "deberta.embeddings.word_embeddings_delta"
+SHARING = "embedding_sharing"  # rtd_state.safetensors metadata key: the mode to continue with
 _HEADS = ("lm_predictions.", "mask_predictions.")
 # Config fields with the same name and meaning in HF's DebertaV2Config (pad_token_id apart:
 # HF writes null for "none").
@@ -94,12 +97,14 @@ def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
     disc[WORDS] = model.deberta.embeddings.word_weight(
         gen.deberta.embeddings.word_embeddings.weight
     )
-    del disc[DELTA]
+    delta = disc.pop(DELTA, None)  # GDES only
     save_hf_dir(out, hf_config(replace(c, emd=False), "DebertaV2Model", dtype), disc)
     extra = {f"mask_predictions.{k}": v for k, v in model.mask_predictions.state_dict().items()}
-    extra[DELTA] = model.deberta.embeddings.word_embeddings_delta
+    if delta is not None:
+        extra[DELTA] = delta
     extra = {k: v.detach().cpu().contiguous().clone() for k, v in extra.items()}
-    save_file(extra, str(out / RTD_STATE_FILE), metadata={"format": "pt"})
+    meta = {"format": "pt", SHARING: c.embedding_sharing}
+    save_file(extra, str(out / RTD_STATE_FILE), metadata=meta)
 
 
 # ----------------------------------------------------------------------------- import
@@ -181,7 +186,11 @@ def _find_generator(hf_dir: Path):
             if (m := re.match(r"deberta\.encoder\.layer\.(\d+)\.", k))
         }
         ffn = state["deberta.encoder.layer.0.intermediate.dense.weight"].shape[0]
-        return {"num_hidden_layers": max(layers) + 1, "intermediate_size": ffn}, state
+        return {
+            "num_hidden_layers": max(layers) + 1,
+            "intermediate_size": ffn,
+            "hidden_size": state[WORDS].shape[1],
+        }, state
     return None
 
 
@@ -196,17 +205,25 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
     (unknown names raise ``TypeError``). Encoder weights must all be present and known
     (``ValueError`` naming them); heads absent from the files (public v3 checkpoints ship
     none) are freshly initialised, with a warning; heads the objective does not use are
-    dropped, with a warning. RTD: delta = discriminator embedding - generator embedding.
+    dropped, with a warning. RTD: ``embedding_sharing`` defaults to the mode the export
+    recorded ("gdes" when none is); GDES without a stored delta takes delta = discriminator
+    embedding - generator embedding; NES keeps the discriminator's embedding as its own; ES
+    uses the generator's (with a warning when the discriminator's differs).
     """
     hf_dir = Path(hf_dir)
     cfg, state = load_hf_dir(hf_dir)
     kwargs = config_from_hf(cfg, hf_dir)
     state = normalise_keys(state, hf_dir)
+    sharing = "gdes"  # microsoft's v3 checkpoints, and exports from before the other modes
     if (hf_dir / RTD_STATE_FILE).is_file():
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         extra = load_file(str(hf_dir / RTD_STATE_FILE))
         state.update(normalise_keys(extra, hf_dir / RTD_STATE_FILE))
+        with safe_open(str(hf_dir / RTD_STATE_FILE), "pt") as f:
+            sharing = (f.metadata() or {}).get(SHARING, sharing)
+    sharing = overrides.get(SHARING, sharing)
     gen = _find_generator(hf_dir)
     if overrides.get("emd") is False:  # chosen: no EMD, so its table is not "dropped"
         state.pop(EMD_POSITIONS, None)
@@ -220,13 +237,16 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
                 "pytorch_model.generator.bin); use objective='mlm' for MLM"
             )
         gen_kwargs, gen_state = gen
-        for k in ("vocab_size", "hidden_size", "position_buckets", "max_relative_positions"):
+        same = ("vocab_size", "position_buckets", "max_relative_positions")
+        for k in same + (() if sharing == "nes" else ("hidden_size",)):  # NES: any width
             if k in gen_kwargs and gen_kwargs[k] != kwargs.get(k):
                 raise ValueError(
                     f"{hf_dir}: generator {k}={gen_kwargs[k]} differs from the "
                     f"discriminator's {kwargs.get(k)}"
                 )
         kwargs.update(
+            embedding_sharing=sharing,
+            generator_hidden_size=gen_kwargs.get("hidden_size", kwargs["hidden_size"]),
             generator_num_hidden_layers=gen_kwargs["num_hidden_layers"],
             generator_num_attention_heads=gen_kwargs.get(
                 "num_attention_heads", kwargs["num_attention_heads"]
@@ -238,26 +258,37 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
     if objective == "mlm":
         target = dict(state)
     else:
-        target = _rtd_state(state, gen[1], hf_dir)
+        target = _rtd_state(state, gen[1], hf_dir, sharing)
     _load(model, target, hf_dir)
     return model
 
 
-def _rtd_state(disc: dict, gen: dict, where) -> dict:
-    """Discriminator + generator files -> our RTD state (GDES delta from the difference)."""
+def _rtd_state(disc: dict, gen: dict, where, sharing: str) -> dict:
+    """Discriminator + generator files -> our RTD state for ``sharing`` (the discriminator's
+    embedding as NES's own table, dropped for ES, GDES's delta unless stored exactly)."""
     if WORDS not in disc or WORDS not in gen:
         raise ValueError(f"{where}: missing weights: {WORDS} (discriminator or generator)")
     out = {f"generator.{k}": v for k, v in gen.items()}
     out.update(disc)
     # microsoft's discriminators carry a position table their RTD model never reads.
     out.pop(EMD_POSITIONS, None)
-    words = out.pop(WORDS)
+    words, stored = out.pop(WORDS), out.pop(DELTA, None)
+    if sharing == "nes":  # a GDES delta is already folded into ``words``
+        return {**out, WORDS: words}
     if words.shape != gen[WORDS].shape:
         raise ValueError(
             f"{where}: discriminator and generator embeddings differ in shape "
-            f"({tuple(words.shape)} vs {tuple(gen[WORDS].shape)}); GDES needs equal"
+            f"({tuple(words.shape)} vs {tuple(gen[WORDS].shape)}); "
+            f"{sharing.upper()} needs equal"
         )
-    stored = out.pop(DELTA, None)
+    if sharing == "es":
+        if not torch.equal(words, gen[WORDS].to(words.dtype)):
+            warnings.warn(
+                f"{where}: the discriminator's token embedding differs from the generator's; "
+                "embedding_sharing='es' uses the generator's",
+                stacklevel=3,
+            )
+        return out
     if stored is not None and torch.equal(gen[WORDS] + stored.to(gen[WORDS].dtype), words):
         out[DELTA] = stored  # the trained delta, bit for bit
         return out

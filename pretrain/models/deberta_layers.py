@@ -20,17 +20,19 @@ from pretrain.models.deberta_attention import DisentangledSelfAttention
 class Embeddings(nn.Module):
     """Token embedding -> LayerNorm -> zero padding -> dropout (no absolute positions added).
 
-    ``word_embeddings`` is None in a GDES discriminator, whose table is the generator's
-    (detached) plus ``word_embeddings_delta``. ``position_embeddings`` exists only for EMD.
+    ``sharing`` (an RTD discriminator's ``embedding_sharing``) decides where the token table
+    lives: None (MLM model, generator) or "nes": ``word_embeddings`` of its own; "es": none,
+    the generator's table is used as is; "gdes": none, stop_gradient(generator table) +
+    ``word_embeddings_delta``. ``position_embeddings`` exists only for EMD.
     """
 
-    def __init__(self, c: Config, own_words: bool = True):
+    def __init__(self, c: Config, sharing: str | None = None):
         super().__init__()
-        self.pad_token_id = c.pad_token_id
-        if own_words:
+        self.pad_token_id, self.sharing = c.pad_token_id, sharing
+        self.word_embeddings = None
+        if sharing in (None, "nes"):
             self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, c.pad_token_id)
-        else:
-            self.word_embeddings = None
+        elif sharing == "gdes":
             self.word_embeddings_delta = nn.Parameter(torch.zeros(c.vocab_size, c.hidden_size))
         self.position_embeddings = (
             nn.Embedding(c.max_position_embeddings, c.hidden_size) if c.emd else None
@@ -39,9 +41,11 @@ class Embeddings(nn.Module):
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
 
     def word_weight(self, shared: torch.Tensor | None = None) -> torch.Tensor:
-        """(V, C) token table; GDES: stop_gradient(generator table) + delta."""
+        """(V, C) token table; ``shared`` = the generator's (ignored with a table of its own)."""
         if self.word_embeddings is not None:
             return self.word_embeddings.weight
+        if self.sharing == "es":
+            return shared  # not detached: the RTD loss trains the generator's table too
         return shared.detach() + self.word_embeddings_delta
 
     def forward(self, input_ids, attention_mask, shared=None) -> torch.Tensor:
@@ -75,8 +79,8 @@ class Attention(nn.Module):
         )
         self.output = ResidualNorm(c, c.hidden_size)
 
-    def forward(self, hidden, query, rel, ctx):
-        return self.output(self.self(hidden, query, rel, ctx), query)
+    def forward(self, hidden, query, rel, ctx, taps=None):
+        return self.output(self.self(hidden, query, rel, ctx, taps), query)
 
 
 class Intermediate(nn.Module):
@@ -97,8 +101,8 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(c)
         self.output = ResidualNorm(c, c.intermediate_size)
 
-    def forward(self, hidden, ctx, rel, query=None):
-        a = self.attention(hidden, hidden if query is None else query, rel, ctx)  # (B, M, C)
+    def forward(self, hidden, ctx, rel, query=None, taps=None):
+        a = self.attention(hidden, hidden if query is None else query, rel, ctx, taps)  # (B, M, C)
         return self.output(self.intermediate(a), a)
 
 
@@ -113,24 +117,30 @@ class Encoder(nn.Module):
     def rel(self) -> torch.Tensor:
         return self.LayerNorm(self.rel_embeddings.weight)  # (2S, C)
 
-    def forward(self, x, ctx, skip_last: bool = False) -> torch.Tensor:
+    def forward(self, x, ctx, skip_last: bool = False, taps=None) -> torch.Tensor:
+        """``taps`` (``pretrain.models.taps.Taps``) records the input and every block's output
+        (and the scores, which need ``ctx`` without flex attention)."""
         rel = self.rel()
+        if taps is not None:
+            taps.hidden.append(x)
         for layer in self.layer[: len(self.layer) - int(skip_last)]:
-            x = layer(x, ctx, rel)
+            x = layer(x, ctx, rel, taps=taps)
+            if taps is not None:
+                taps.hidden.append(x)
         return x  # (B, T, C)
 
 
 class DebertaModel(nn.Module):
     """HF ``DebertaV2Model``: embeddings + encoder."""
 
-    def __init__(self, c: Config, own_words: bool = True):
+    def __init__(self, c: Config, sharing: str | None = None):
         super().__init__()
-        self.embeddings = Embeddings(c, own_words)
+        self.embeddings = Embeddings(c, sharing)
         self.encoder = Encoder(c)
 
-    def forward(self, input_ids, attention_mask, ctx, shared=None, skip_last=False):
+    def forward(self, input_ids, attention_mask, ctx, shared=None, skip_last=False, taps=None):
         x = self.embeddings(input_ids, attention_mask, shared)
-        return self.encoder(x, ctx, skip_last)  # (B, T, C)
+        return self.encoder(x, ctx, skip_last, taps)  # (B, T, C)
 
 
 class LMHead(nn.Module):

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.common import attention_mask_for_sdpa, init_weights
+from pretrain.models.taps import Taps, explicit_attention
 
 
 def sdpa_mask_or_none(
@@ -88,15 +89,21 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(hidden_size, hidden_size)
         self.value = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, taps: Taps | None = None
+    ) -> torch.Tensor:
         B, T, C = x.shape
         shape = (B, T, self.num_heads, C // self.num_heads)
         q = self.query(x).view(shape).transpose(1, 2)  # (B, H, T, D)
         k = self.key(x).view(shape).transpose(1, 2)
         v = self.value(x).view(shape).transpose(1, 2)
         p = self.dropout_p if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, H, T, D)
-        return y.transpose(1, 2).reshape(B, T, C)
+        if taps is not None and taps.scores:  # distillation reads the scores: written out
+            y, scores = explicit_attention(q, k, v, mask, p, self.training)
+            taps.attention.append(scores)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return y.transpose(1, 2).reshape(B, T, C)  # (B, H, T, D) -> (B, T, C)
 
 
 class DenseResidualNorm(nn.Module):
@@ -122,8 +129,10 @@ class Attention(nn.Module):
         self.self = SelfAttention(hidden, heads, attn_dropout)
         self.output = DenseResidualNorm(hidden, hidden, eps, hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return self.output(self.self(x, mask), x)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, taps: Taps | None = None
+    ) -> torch.Tensor:
+        return self.output(self.self(x, mask, taps), x)
 
 
 class Intermediate(nn.Module):
@@ -154,8 +163,10 @@ class Layer(nn.Module):
         self.intermediate = Intermediate(hidden, intermediate)
         self.output = DenseResidualNorm(intermediate, hidden, eps, hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attention(x, mask)  # (B, T, C)
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, taps: Taps | None = None
+    ) -> torch.Tensor:
+        x = self.attention(x, mask, taps)  # (B, T, C)
         return self.output(self.intermediate(x), x)
 
 
@@ -166,9 +177,17 @@ class Encoder(nn.Module):
         super().__init__()
         self.layer = nn.ModuleList(Layer(**layer_kwargs) for _ in range(num_layers))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor | None, taps: Taps | None = None
+    ) -> torch.Tensor:
+        if taps is None:
+            for block in self.layer:
+                x = block(x, mask)
+            return x
+        taps.hidden.append(x)  # HF's hidden_states: the embedding output, then every block's
         for block in self.layer:
-            x = block(x, mask)
+            x = block(x, mask, taps)
+            taps.hidden.append(x)
         return x
 
 

@@ -30,6 +30,8 @@ from pretrain.models.layers import (
     init_bert_weights,
     sdpa_mask_or_none,
 )
+from pretrain.models.sbo import SpanBoundaryHead, sbo_forward
+from pretrain.models.taps import Taps
 
 
 @dataclass
@@ -46,8 +48,15 @@ class Config(EncoderConfig):
     type_vocab_size: int = 1
     """Token types (RoBERTa uses one)."""
 
+    sbo: bool = False
+    """SpanBERT's span boundary objective: an extra head predicting every masked token from
+    its span's boundary tokens (``pretrain.models.sbo``; needs masking.boundaries = true)."""
+    sbo_positions: int = 64
+    """Rows of the SBO head's relative position table (a token's place in its span; places
+    beyond share the last row)."""
+
     ARCH: ClassVar[str] = "roberta"
-    POSITIVE: ClassVar[tuple[str, ...]] = ("type_vocab_size",)
+    POSITIVE: ClassVar[tuple[str, ...]] = ("type_vocab_size", "sbo_positions")
 
     def __post_init__(self):
         super().__post_init__()
@@ -105,7 +114,7 @@ class RobertaEncoder(nn.Module):
             attn_dropout=c.attention_probs_dropout_prob,
         )
 
-    def forward(self, input_ids, attention_mask, segment_ids=None) -> torch.Tensor:
+    def forward(self, input_ids, attention_mask, segment_ids=None, taps=None) -> torch.Tensor:
         if input_ids.shape[1] > self.max_len:
             raise ValueError(
                 f"sequence length {input_ids.shape[1]} exceeds the model's "
@@ -116,7 +125,7 @@ class RobertaEncoder(nn.Module):
         not_pad = input_ids.ne(self.pad_token_id).int()
         position_ids = (torch.cumsum(not_pad, dim=1) * not_pad).long() + self.pad_token_id
         x = self.embeddings(input_ids, position_ids)  # (B, T, C)
-        return self.encoder(x, sdpa_mask_or_none(attention_mask, segment_ids))
+        return self.encoder(x, sdpa_mask_or_none(attention_mask, segment_ids), taps)
 
 
 class RobertaLMHead(nn.Module):
@@ -152,18 +161,38 @@ class Model(nn.Module):
         self.config = config
         self.roberta = RobertaEncoder(config)
         self.lm_head = RobertaLMHead(config)
+        if config.sbo:  # SpanBERT's second head (not part of HF exports)
+            self.sbo = SpanBoundaryHead(
+                config.hidden_size, config.vocab_size, config.sbo_positions, config.layer_norm_eps
+            )
         self.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def forward(
-        self, input_ids, attention_mask, labels, segment_ids=None
+        self,
+        input_ids,
+        attention_mask,
+        labels,
+        segment_ids=None,
+        taps: Taps | None = None,
+        span_left=None,
+        span_right=None,
     ) -> dict[str, torch.Tensor]:
-        h = self.roberta(input_ids, attention_mask, segment_ids)  # (B, T, C)
+        """Loss sums and counts; ``taps`` records hidden states, attention scores and the
+        decoded logits (``pretrain.models.taps``, for distillation); ``span_left`` /
+        ``span_right``: the span boundaries the SBO head reads (``config.sbo``)."""
+        h = self.roberta(input_ids, attention_mask, segment_ids, taps)  # (B, T, C)
+        words = self.roberta.embeddings.word_embeddings.weight
+        extra = (
+            sbo_forward(self, h, labels, span_left, span_right, words) if self.config.sbo else {}
+        )
         if self.predict_capacity is None:
             h, targets = gather_predicted(h, labels)  # (N, C), (N,)
         else:
             h, targets, _, _ = gather_predicted_fixed(h, labels, self.predict_capacity)
         logits = self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)  # (N, V)
-        return mlm_sums(logits, targets)
+        if taps is not None:
+            taps.logits, taps.targets = logits, targets
+        return {**mlm_sums(logits, targets), **extra}
 
     def mlm_logits(self, input_ids, attention_mask, segment_ids=None) -> torch.Tensor:
         h = self.roberta(input_ids, attention_mask, segment_ids)

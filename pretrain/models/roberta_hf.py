@@ -15,6 +15,7 @@ import torch
 from pretrain.models.base import BERT_LIKE, check_hf_config, config_kwargs
 from pretrain.models.hf_io import load_converted_state, load_hf_dir, normalise_keys, save_hf_dir
 from pretrain.models.roberta import Config, Model
+from pretrain.models.sbo import strip_for_export
 
 
 def hf_config(config: Config, dtype: torch.dtype = torch.float32) -> dict:
@@ -32,7 +33,8 @@ def hf_config(config: Config, dtype: torch.dtype = torch.float32) -> dict:
 def export_hf(model: Model, out_dir: str | os.PathLike) -> None:
     """Write ``config.json`` + ``model.safetensors`` loadable by ``RobertaForMaskedLM``."""
     dtype = model.roberta.embeddings.word_embeddings.weight.dtype
-    save_hf_dir(out_dir, hf_config(model.config, dtype), model.state_dict())
+    # SpanBERT's SBO head is a pretraining head HF does not have: the backbone is exported.
+    save_hf_dir(out_dir, *strip_for_export(hf_config(model.config, dtype), model.state_dict()))
 
 
 def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
@@ -55,9 +57,9 @@ def import_hf(hf_dir: str | os.PathLike, **overrides) -> Model:
         )
     state = _normalise_keys(state, hf_dir)
     fresh_head = not any(k.startswith("lm_head.") for k in state)
-    load_converted_state(
-        model, state, str(hf_dir), allow_missing=("lm_head.",) if fresh_head else ()
-    )
+    # An SBO head (init_from with sbo = true) is never in an export: initialised fresh.
+    fresh = ("lm_head.",) if fresh_head else ()
+    load_converted_state(model, state, str(hf_dir), allow_missing=(*fresh, "sbo."))
     if fresh_head:
         warnings.warn(
             f"{hf_dir}: no MLM head in the checkpoint; lm_head initialised fresh", stacklevel=2

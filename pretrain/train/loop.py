@@ -18,7 +18,6 @@ import torch
 
 from data_pipeline.common import CommandError
 from pretrain.engine import agreed_error
-from pretrain.train.objectives import SUM_KEYS, eval_metrics, local_counts, raw_sums
 from pretrain.train.policies import StopSignal
 from pretrain.train.session import Session
 
@@ -43,11 +42,11 @@ def train_step(
     """One optimizer step over this rank's micro-batches of the global batch (``failure``:
     why this rank has none; every rank then raises the same ``AgreedError``)."""
     failed = torch.tensor([float(failure is not None)], dtype=torch.float64)
-    # N_mlm, N_tok, N_pair, fails
-    counts = engine.all_reduce(torch.cat([local_counts(batches), failed]))
-    if counts[3]:
+    # The objective's counts (N_mlm, N_tok, N_pair, ...), then the failures: one all-reduce.
+    counts = engine.all_reduce(torch.cat([objective.local_counts(batches, segments), failed]))
+    if counts[-1]:
         raise agreed_error(failure)
-    counts = counts[:3]
+    counts = counts[:-1]
     objective.set_step(counts, engine.grad_accum, engine.world_size)
     finite = torch.ones((), dtype=torch.bool, device=engine.device)
     lr = engine.lr
@@ -72,17 +71,19 @@ def evaluate(s: Session) -> dict[str, float]:
     with torch.random.fork_rng(devices=devices):  # RTD sampling must not shift training RNG
         torch.manual_seed(s.cfg.seed)
         e.train(False)
-        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=e.device)
+        o = s.objective
+        sums = torch.zeros(len(o.keys), dtype=torch.float64, device=e.device)
         it = iter(s.val)
         for _ in range(len(s.val)):  # the same count on every rank
             batches, failure = _take(it, 1)
             # Agreed per micro-batch: a ZeRO-3 forward has collectives of its own.
             if e.all_reduce(torch.tensor([float(failure is not None)]), op="max").item():
                 raise agreed_error(failure)
-            sums += raw_sums(e.forward(batches[0], s.cfg.data.attention_segments()), s.rtd)
+            sums += o.raw_sums(e.forward(batches[0], s.cfg.data.attention_segments()))
         e.train(True)
-    o = s.objective
-    return eval_metrics(e.all_reduce(sums), s.rtd, o.rtd_weight, o.pair_task)
+    metrics = o.eval_metrics(e.all_reduce(sums))
+    metrics.update({f"eval_{k}": v for k, v in e.diagnostics().items()})  # same on every rank
+    return metrics
 
 
 def _take(it: Iterator, n: int, timer=None) -> tuple[list[dict], str | None]:

@@ -168,6 +168,10 @@ class Policies:
         if self.rank == 0 and not self.rec.progress.active:
             task = self.objective.pair_task  # NSP / SOP accuracy beside MLM's
             pair = f" | {task}_acc {rec[f'{task}_acc']:.3f}" if task else ""
+            if self.objective.sbo:  # SpanBERT's boundary predictions beside MLM's
+                pair += f" | sbo_acc {rec['sbo_acc']:.3f}"
+            # Distillation: each term (the total mixes them with their weights).
+            pair += "".join(f" | {k} {v:.4f}" for k, v in rec.items() if k.startswith("distill_"))
             print(
                 f"step {step}/{self.cfg.max_steps} | loss {rec['loss']:.4f} | mlm_acc "
                 f"{rec['mlm_acc']:.3f}{pair} | lr {rec['lr']:.3g} | {tps:,.0f} tok/s",
@@ -180,8 +184,12 @@ class Policies:
         self.rec.timer.reset()  # evaluation time is not step time
         if self.rank == 0:
             acc = f" | eval_mlm_acc {rec['eval_mlm_acc']:.3f}"
+            if any(k.startswith("eval_distill_") for k in rec):  # the student's own MLM loss
+                acc = f" | eval_mlm_loss {rec['eval_mlm_loss']:.4f}{acc}"
             if task := self.objective.pair_task:
                 acc += f" | eval_{task}_acc {rec[f'eval_{task}_acc']:.3f}"
+            if self.objective.sbo:
+                acc += f" | eval_sbo_acc {rec['eval_sbo_acc']:.3f}"
             # Validation attends as training does; say which, so numbers are not compared
             # across modes by mistake.
             mode = "within documents" if self.cfg.data.attend_within_document else "across rows"

@@ -30,6 +30,7 @@ from pretrain.metrics import (
 )
 from pretrain.optim import lr_multiplier
 from pretrain.train import audit
+from pretrain.train import teacher as distill_teacher
 from pretrain.train.build import (
     build_model,
     check_tokenizer,
@@ -39,8 +40,9 @@ from pretrain.train.build import (
     resume_point,
     seed_all,
 )
+from pretrain.train.distill import DistillObjective, check_teacher_unchanged, distill_json
 from pretrain.train.objectives import Objective
-from pretrain.train.perf import apply_perf
+from pretrain.train.perf import apply_perf, compile_modules
 from pretrain.train.policies import Policies, TrainState
 
 __all__ = ["Session"]
@@ -76,12 +78,7 @@ class Session:
             SimpleNamespace(logger=self.logger, progress=self.progress, timer=self.timer),
             has_val=self.val is not None,
             resumed=point is not None,
-            flops_per_token=model_flops_per_token(
-                e.module,
-                cfg.data.seq_len,
-                cfg.masking.mask_prob,
-                micro_batch_size=cfg.batch.micro_batch_size,
-            ),
+            flops_per_token=self._flops_per_token(),
             peak=cfg.logging.peak_flops
             or peak_flops_per_second(d.device, eng.torch_dtype(e.dtype)),
         )
@@ -96,6 +93,9 @@ class Session:
         self.tokenizer_note = check_tokenizer(cfg, manifest.tokenizer)
         seed_all(cfg.seed)  # identical initial weights on every rank
         model = build_model(cfg, manifest.tokenizer)
+        self.teacher = None
+        if cfg.distill.enabled:  # the student inside a Distiller, the teacher beside it
+            model, self.teacher = distill_teacher.build(cfg, model, manifest.tokenizer)
         G, M = cfg.batch.global_batch_size, cfg.batch.micro_batch_size
         self.loader = PretrainLoader(
             cfg.data, cfg.masking, G, M, d.rank, d.world_size, manifest=manifest
@@ -116,6 +116,8 @@ class Session:
             )
         if point is not None:
             check_zero_stage(point, cfg.zero.stage)
+            if (note := check_teacher_unchanged(point, model)) and d.rank == 0:
+                print(note, flush=True)
             if changes := model_changes(point, model_json(cfg.model.arch, model.config)):
                 if d.rank == 0:
                     print(
@@ -127,9 +129,12 @@ class Session:
         """Speed knobs, engine, objective and checkpointer; returns whether ``point`` is
         loaded as a universal checkpoint (written by another number of ranks)."""
         cfg, d = self.cfg, self.dist
-        self.perf = apply_perf(model, cfg.perf, cfg.masking, cfg.data.seq_len)
+        student = getattr(model, "student", model)  # a Distiller trains its student
+        self.perf = apply_perf(student, cfg.perf, cfg.masking, cfg.data.seq_len)
+        if self.teacher is not None and cfg.perf.compile:  # its blocks too: a forward per step
+            compile_modules(self.teacher, cfg.perf.compile_mode)
         self.rtd = is_rtd(model.config)
-        self.model_json = model_json(cfg.model.arch, model.config)
+        self.model_json = distill_json(model_json(cfg.model.arch, model.config), model)
         universal = point is not None and eng.needs_universal(
             point.tag_dir, point.world_size, d.world_size
         )
@@ -143,8 +148,11 @@ class Session:
             s.kind, s.warmup_steps, cfg.total_steps, s.end_lr_ratio, s.power, s.decay_fraction
         )
         self.engine = eng.Engine(model, cfg, d, lr_fn, load_universal=universal)
-        pair_task = cfg.data.pair_task if cfg.data.packing == "pairs" else None
-        self.objective = Objective(self.rtd, getattr(model.config, "rtd_weight", 1.0), pair_task)
+        if self.teacher is not None:  # frozen, outside the engine, in the training precision
+            model.attach_teacher(
+                self.teacher, self.engine.device, eng.torch_dtype(self.engine.dtype)
+            )
+        self.objective = self._objective(model)
         self.config_text = to_toml(cfg)
         self.ckpt = Checkpointer(
             cfg.run_dir,
@@ -155,6 +163,31 @@ class Session:
             cfg.debug.exit_during_save_step,
         )
         return universal
+
+    def _objective(self, model):
+        """The loss terms of this model and data: MLM, RTD, NSP/SOP, SBO, distillation."""
+        cfg, c = self.cfg, model.config
+        pair_task = cfg.data.pair_task if cfg.data.packing == "pairs" else None
+        sbo = getattr(c, "sbo", False)
+        if self.teacher is not None:
+            return DistillObjective(model.plan.weights, pair_task, sbo)
+        return Objective(self.rtd, getattr(c, "rtd_weight", 1.0), pair_task, sbo=sbo)
+
+    def _flops_per_token(self) -> float:
+        """Training FLOPs per token for MFU: the model's (a distiller's student), plus the
+        teacher's forward when distilling (a third of a training step's FLOPs)."""
+        cfg, e = self.cfg, self.engine
+
+        def count(m) -> float:
+            return model_flops_per_token(
+                m,
+                cfg.data.seq_len,
+                cfg.masking.mask_prob,
+                micro_batch_size=cfg.batch.micro_batch_size,
+            )
+
+        flops = count(getattr(e.module, "student", e.module))
+        return flops + (count(self.teacher) / 3 if self.teacher is not None else 0.0)
 
     def _restore(self, point: ResumePoint | None, universal: bool) -> TrainState:
         """The counters (and engine, RNG and loader states) of ``point``, or fresh ones."""

@@ -18,24 +18,12 @@ import psutil
 import pytest
 
 from pretrain.checkpoint import complete_tags
-from pretrain.testing import REPO, clean_env, debug_config, free_port, losses
+from pretrain.testing import REPO, clean_env, debug_config, free_port, losses, short_run
 from pretrain.train import train
 
 pytestmark = pytest.mark.slow
 STEPS = 8
-COMMON = [
-    "data.seq_len=32",
-    "batch.global_batch_size=16",
-    "batch.micro_batch_size=4",
-    f"schedule.total_steps={STEPS}",
-    "checkpoint.every_steps=3",
-    "checkpoint.export_hf=false",
-    "eval.every_steps=4",
-    "eval.max_sequences=16",
-    "model.overrides.hidden_dropout_prob=0.0",
-    "model.overrides.attention_probs_dropout_prob=0.0",
-    "logging.every_steps=1",
-]
+COMMON = short_run(STEPS, checkpoint_every=3)  # commands append their own max_steps
 KILL_DEADLINE_S = 60
 
 

@@ -23,6 +23,12 @@ def test_the_expected_configs_ship():
         "electra-small.toml",
         "electra-base.toml",
         "deberta-v3-base.toml",
+        "distilroberta.toml",
+        "tinybert.toml",
+        "debug-distilroberta.toml",
+        "debug-tinybert.toml",
+        "spanbert-base.toml",
+        "debug-spanbert.toml",
     ):
         assert name in SHIPPED
 
@@ -34,6 +40,8 @@ def test_config_parses_and_builds(name, capsys):
     out = capsys.readouterr().out
     assert "# resolved config" in out and "gradient accumulation = " in out
     assert "'total': " in out and '"train_batch_size": ' in out
+    if cfg.distill.enabled:
+        assert f"distillation = recipe {cfg.distill.recipe}" in out
 
 
 def test_paper_recipes_keep_their_global_batch_on_any_dividing_world_size():

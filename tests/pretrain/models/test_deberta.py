@@ -6,6 +6,7 @@ import torch
 from pretrain.models import build_model, find_preset
 from pretrain.models.common import sample_replacements
 from pretrain.models.deberta import PRESETS, Config, Model, _document_first, param_counts
+from pretrain.testing import random_masked_batch
 
 V = 120
 SMALL = dict(
@@ -31,14 +32,7 @@ def model(**kw) -> Model:
 
 
 def batch(length=24, rows=3, rate=0.3, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, V, (rows, length), generator=g)
-    mask = torch.ones_like(ids)
-    mask[-1, length * 2 // 3 :] = 0
-    labels = torch.full_like(ids, -100)
-    pick = (torch.rand(ids.shape, generator=g) < rate) & mask.bool()
-    labels[pick] = ids[pick]
-    return ids, mask, labels
+    return random_masked_batch(V, length, rows, rate, seed)
 
 
 # ----------------------------------------------------------------------------- config, presets

@@ -29,25 +29,14 @@ from pretrain.testing import (
     deepspeed_command,
     free_port,
     losses,
+    short_run,
+    torchrun_specs,
 )
 from pretrain.train import audit, train
 
 pytestmark = pytest.mark.slow
 STEPS = 8
-COMMON = [
-    "data.seq_len=32",
-    "batch.global_batch_size=16",
-    "batch.micro_batch_size=4",
-    f"max_steps={STEPS}",
-    f"schedule.total_steps={STEPS}",
-    "checkpoint.every_steps=3",
-    "checkpoint.export_hf=false",
-    "eval.every_steps=4",
-    "eval.max_sequences=16",
-    "model.overrides.hidden_dropout_prob=0.0",
-    "model.overrides.attention_probs_dropout_prob=0.0",
-    "logging.every_steps=1",
-]
+COMMON = short_run(STEPS, checkpoint_every=3)
 KEYS = ("loss", "mlm_acc", "grad_norm", "eval_loss")
 CHAIN = [
     "logging.audit_samples=true",
@@ -182,24 +171,7 @@ def runs(shards, tmp_path_factory):
             )
         ),
     ]
-    (base / "spec.json").write_text(json.dumps(spec))
-    res = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "pretrain.testing",
-            str(base / "spec.json"),
-        ],
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    res = torchrun_specs(spec, base / "spec.json")
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     # 4. One rank, same global batch, in this process; the chains' phase 2 (steps 4-5).
     train(debug_config("roberta", shards, base / "one-rank", *COMMON))

@@ -92,6 +92,15 @@ def test_metrics_records_have_the_documented_fields_and_sane_values(short_runs, 
     assert all(set(r) == TRAIN_FIELDS | (RTD_FIELDS if rtd else pair) for r in train_recs)
     eval_keys = {"step", "eval_loss", "eval_mlm_loss", "eval_mlm_acc"}
     eval_keys |= {f"eval_{k}" for k in (RTD_FIELDS if rtd else pair)}
+    if arch == "deberta":  # its RTD model's embedding-sharing diagnostics
+        eval_keys |= {
+            f"eval_{k}"
+            for k in (
+                "embedding_cosine",
+                "generator_embedding_similarity",
+                "discriminator_embedding_similarity",
+            )
+        }
     assert [r["step"] for r in eval_recs] == [3, 6] and all(set(r) == eval_keys for r in eval_recs)
     G, T = 8, 32  # SHORT: global batch, sequence length
     sched = lr_multiplier("linear", warmup_steps=2, total_steps=6)  # the debug config's

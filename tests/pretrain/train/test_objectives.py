@@ -114,3 +114,30 @@ def test_pair_term_is_normalised_by_its_own_global_count(task):
     assert ev[f"eval_{task}_loss"] == pytest.approx(float(pair_mean), rel=1e-6)
     assert ev[f"eval_{task}_acc"] == pytest.approx(float(acc))
     assert ev["eval_loss"] == pytest.approx(ev["eval_mlm_loss"] + ev[f"eval_{task}_loss"])
+
+
+def test_sbo_is_normalised_by_the_global_count_of_predicted_tokens():
+    """MLM + SBO: both sums over the same predicted tokens, divided by their global count;
+    logged (sbo_loss, sbo_acc) and validated (eval_sbo_*) beside MLM."""
+    micro = [
+        {
+            "mlm_loss_sum": torch.tensor(float(3 * n)),
+            "mlm_correct": torch.tensor(n // 2),
+            "mlm_count": torch.tensor(n),
+            "sbo_loss_sum": torch.tensor(float(5 * n + 1)),
+            "sbo_correct": torch.tensor(n // 3),
+        }
+        for n in (4, 10)
+    ]
+    obj = Objective(rtd=False, sbo=True)
+    obj.set_step(torch.tensor([14.0, 99.0, 0.0], dtype=torch.float64), grad_accum=2, world_size=2)
+    total = sum(obj.loss(o) for o in micro) / 4  # DeepSpeed: / grad_accum, mean over ranks
+    assert float(total) == pytest.approx((42 + 72) / 14)  # this rank's share of (S + S') / N
+    m = obj.metrics(*obj.take_sums())
+    assert m["sbo_loss"] == pytest.approx(72 / 14) and m["sbo_acc"] == pytest.approx(4 / 14)
+    assert m["loss"] == pytest.approx(m["mlm_loss"] + m["sbo_loss"])
+    ev = obj.eval_metrics(sum(obj.raw_sums(o) for o in micro))
+    assert ev["eval_sbo_loss"] == pytest.approx(72 / 14) and ev["eval_sbo_acc"] == pytest.approx(
+        4 / 14
+    )
+    assert ev["eval_loss"] == pytest.approx(ev["eval_mlm_loss"] + ev["eval_sbo_loss"])
