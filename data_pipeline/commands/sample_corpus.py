@@ -106,7 +106,15 @@ def _modules() -> Iterator[str]:
 def _members(mod) -> Iterator[tuple[str, object]]:
     """(qualname, object) of the module's own public classes, functions and methods."""
     for name, obj in sorted(vars(mod).items()):
-        if name.startswith("_") or getattr(obj, "__module__", None) != mod.__name__:
+        if name.startswith("_"):
+            continue
+        # Hooks that other code replaces at run time (pytest: sys.unraisablehook; torch
+        # distributed: sys.excepthook): the module keeps the original as __name__, so the
+        # corpus does not depend on what the process has imported or initialised.
+        original = vars(mod).get(f"__{name}__")
+        if original is not None and getattr(obj, "__module__", None) != mod.__name__:
+            obj = original
+        if getattr(obj, "__module__", None) != mod.__name__:
             continue
         if inspect.isclass(obj):
             yield name, obj

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+from data_pipeline.commands import sample_corpus
+
 
 def make(out):
     p = subprocess.run(
@@ -50,3 +52,14 @@ def test_sample_corpus_refuses_a_file_as_out_dir(tmp_path):
         timeout=60,
     )
     assert p.returncode == 2 and "not a directory" in p.stderr
+
+
+def test_the_corpus_does_not_depend_on_replaced_interpreter_hooks(monkeypatch):
+    """pytest replaces sys.unraisablehook and torch.distributed sys.excepthook: the corpus
+    built in such a process must be the one the command writes in a fresh interpreter."""
+    before = list(sample_corpus.documents())
+    monkeypatch.setattr(sys, "excepthook", lambda *a: None)
+    monkeypatch.setattr(sys, "unraisablehook", lambda *a: None)
+    assert list(sample_corpus.documents()) == before
+    assert any(src == "sys.excepthook" for src, _ in before)
+    assert any(src == "sys.unraisablehook" for src, _ in before)
