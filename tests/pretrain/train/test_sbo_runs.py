@@ -38,8 +38,11 @@ def test_two_ranks_match_one_rank_and_sbo_is_logged(runs):
     for key in KEYS:
         one, two = losses(runs / "one", key), losses(runs / "two", key)
         assert list(one) == list(two) and one, key
+        # Two ranks sum in another order, and span masking's uneven rows make that order
+        # differ more than elsewhere: after 8 Adam steps the gradient norm drifted by 1.1e-5
+        # relative on one machine; 1e-4 still catches any wrong normalisation (>= 1e-2).
         for step in one:
-            assert abs(one[step] - two[step]) <= 1e-5 * max(1.0, abs(one[step])), (key, step)
+            assert abs(one[step] - two[step]) <= 1e-4 * max(1.0, abs(one[step])), (key, step)
     assert all(v > 0 for v in losses(runs / "one", "sbo_loss").values())
 
 
