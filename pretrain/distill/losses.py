@@ -31,6 +31,20 @@ def visible_pairs(attention_mask: torch.Tensor, segment_ids: torch.Tensor | None
     return mask & real_q
 
 
+def visible_pair_count(attention_mask: torch.Tensor, segment_ids: torch.Tensor | None) -> int:
+    """``visible_pairs(...).sum()`` without the (B, T, T) mask: a real query sees the real
+    tokens of its segment (the whole row without segments), so the count is the sum over rows
+    and segments of (real tokens)**2. For the host-side counts of every step."""
+    real = attention_mask.bool()
+    if segment_ids is None:
+        return int((real.sum(1).long() ** 2).sum())
+    seg = segment_ids.long()
+    width = int(seg.max()) + 1 if seg.numel() else 1
+    key = seg + width * torch.arange(seg.shape[0], device=seg.device)[:, None]  # (row, segment)
+    per_segment = torch.bincount(key[real], minlength=width * seg.shape[0])
+    return int((per_segment.long() ** 2).sum())
+
+
 def soft_ce_sum(s_logits, t_logits, targets, temperature: float) -> torch.Tensor:
     """T**2 * summed KL(teacher || student) at temperature T over rows with a target."""
     keep = targets != IGNORE_INDEX

@@ -59,8 +59,7 @@ from torch import nn
 from pretrain.models.base import EncoderConfig
 from pretrain.models.common import (
     count_params,
-    gather_predicted,
-    gather_predicted_fixed,
+    gather_rows,
     mlm_sums,
     sentence_sums,
 )
@@ -374,10 +373,7 @@ class Model(nn.Module):
         out = {}
         if sentence_labels is not None:  # (B,): 0 original order, 1 swapped, -100 no pair
             out = sentence_sums(self.sop_classifier(self.albert.pool(h)), sentence_labels)
-        if self.predict_capacity is None:
-            h, targets = gather_predicted(h, labels)  # (N, C), (N,)
-        else:
-            h, targets, _, _ = gather_predicted_fixed(h, labels, self.predict_capacity)
+        h, targets = gather_rows(h, labels, self.predict_capacity)  # (N, C), (N,)
         logits = self.predictions(h, self.albert.embeddings.word_embeddings.weight)  # (N, V)
         return {**mlm_sums(logits, targets), **out}
 

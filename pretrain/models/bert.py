@@ -27,8 +27,7 @@ from torch import nn
 from pretrain.models.base import EncoderConfig
 from pretrain.models.common import (
     count_params,
-    gather_predicted,
-    gather_predicted_fixed,
+    gather_rows,
     mlm_sums,
     sentence_sums,
 )
@@ -201,9 +200,7 @@ class Model(nn.Module):
         self.bert = BertEncoder(config)
         self.cls = PreTrainingHeads(config)
         if config.sbo:  # SpanBERT's second head (not part of HF exports)
-            self.sbo = SpanBoundaryHead(
-                config.hidden_size, config.vocab_size, config.sbo_positions, config.layer_norm_eps
-            )
+            self.sbo = SpanBoundaryHead.of(config)
         self.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def forward(
@@ -228,10 +225,7 @@ class Model(nn.Module):
         if self.config.sbo:
             words = self.bert.embeddings.word_embeddings.weight
             out.update(sbo_forward(self, h, labels, span_left, span_right, words))
-        if self.predict_capacity is None:
-            h, targets = gather_predicted(h, labels)  # (N, C), (N,)
-        else:
-            h, targets, _, _ = gather_predicted_fixed(h, labels, self.predict_capacity)
+        h, targets = gather_rows(h, labels, self.predict_capacity)  # (N, C), (N,)
         logits = self.cls.predictions(h, self.bert.embeddings.word_embeddings.weight)  # (N, V)
         if taps is not None:
             taps.logits, taps.targets = logits, targets

@@ -114,6 +114,17 @@ def gather_predicted_fixed(
     return h.reshape(-1, c), targets.reshape(-1), pos, valid
 
 
+def gather_rows(
+    hidden: torch.Tensor, labels: torch.Tensor, capacity: int | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(states, targets) the MLM head decodes: exactly the labelled positions
+    (``gather_predicted``, capacity None) or the B*K fixed slots of ``gather_predicted_fixed``."""
+    if capacity is None:
+        return gather_predicted(hidden, labels)  # (N, C), (N,)
+    h, targets, _, _ = gather_predicted_fixed(hidden, labels, capacity)
+    return h, targets
+
+
 def mlm_sums(logits: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
     """Summed cross-entropy, number correct and count over predicted positions; rows whose
     target is IGNORE_INDEX (the padding slots of ``gather_predicted_fixed``) count nothing."""

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.models.base import EncoderConfig
-from pretrain.models.common import count_params, gather_predicted, gather_predicted_fixed, mlm_sums
+from pretrain.models.common import count_params, gather_rows, mlm_sums
 from pretrain.models.layers import (
     Embeddings,
     Encoder,
@@ -162,9 +162,7 @@ class Model(nn.Module):
         self.roberta = RobertaEncoder(config)
         self.lm_head = RobertaLMHead(config)
         if config.sbo:  # SpanBERT's second head (not part of HF exports)
-            self.sbo = SpanBoundaryHead(
-                config.hidden_size, config.vocab_size, config.sbo_positions, config.layer_norm_eps
-            )
+            self.sbo = SpanBoundaryHead.of(config)
         self.apply(lambda m: init_bert_weights(m, config.initializer_range))
 
     def forward(
@@ -185,10 +183,7 @@ class Model(nn.Module):
         extra = (
             sbo_forward(self, h, labels, span_left, span_right, words) if self.config.sbo else {}
         )
-        if self.predict_capacity is None:
-            h, targets = gather_predicted(h, labels)  # (N, C), (N,)
-        else:
-            h, targets, _, _ = gather_predicted_fixed(h, labels, self.predict_capacity)
+        h, targets = gather_rows(h, labels, self.predict_capacity)  # (N, C), (N,)
         logits = self.lm_head(h, self.roberta.embeddings.word_embeddings.weight)  # (N, V)
         if taps is not None:
             taps.logits, taps.targets = logits, targets

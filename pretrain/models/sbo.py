@@ -39,6 +39,13 @@ class SpanBoundaryHead(nn.Module):
         self.layer_norm2 = nn.LayerNorm(hidden, eps=eps)
         self.bias = nn.Parameter(torch.zeros(vocab_size))
 
+    @classmethod
+    def of(cls, config) -> SpanBoundaryHead:
+        """The head of a BERT / RoBERTa ``config`` (``sbo_positions`` rows of places)."""
+        return cls(
+            config.hidden_size, config.vocab_size, config.sbo_positions, config.layer_norm_eps
+        )
+
     def forward(
         self, left: torch.Tensor, right: torch.Tensor, offset: torch.Tensor, embedding
     ) -> torch.Tensor:

@@ -19,7 +19,7 @@ import torch
 
 from data_pipeline.common import CommandError
 from pretrain.config.distill import TERMS
-from pretrain.distill.losses import visible_pairs
+from pretrain.distill.losses import visible_pair_count
 from pretrain.train.objectives import SUM_KEYS, Objective, local_counts
 
 KD_TERMS = tuple(t for t in TERMS if t != "mlm")  # the terms with a kd_<term>_sum
@@ -44,7 +44,7 @@ class DistillObjective(Objective):
         if self.weights["attention"]:
             for b in batches:
                 seg = b["segment_ids"] if segments else None
-                n_visible += int(visible_pairs(b["attention_mask"], seg).sum())
+                n_visible += visible_pair_count(b["attention_mask"], seg)
         extra = torch.tensor([n_visible], dtype=torch.float64)
         return torch.cat([local_counts(batches), extra])
 

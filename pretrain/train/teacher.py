@@ -62,7 +62,7 @@ def load_teacher(path: str) -> tuple[nn.Module, str, Path]:
     return model.eval().requires_grad_(False), arch, Path(tokenizer_dir)
 
 
-def check_tokenizer(teacher_tokenizer: Path, shards_tokenizer: dict, shard_dir) -> None:
+def check_teacher_tokenizer(teacher_tokenizer: Path, shards_tokenizer: dict, shard_dir) -> None:
     """Refuse a teacher whose tokenizer gives other ids than the shards'."""
     mine = Path(shard_dir) / "tokenizer"
     try:
@@ -99,7 +99,7 @@ def build(cfg: RunConfig, student: nn.Module, tokenizer_info: dict) -> tuple[Dis
             f"{where}: vocabulary {t.vocab_size} (pad {t.pad_token_id}), but the student's is "
             f"{s.vocab_size} (pad {s.pad_token_id}); teacher and student need one tokenizer"
         )
-    check_tokenizer(t_tokenizer, tokenizer_info, cfg.data.shard_dir)
+    check_teacher_tokenizer(t_tokenizer, tokenizer_info, cfg.data.shard_dir)
     if cfg.data.seq_len > getattr(t, "max_position_embeddings", cfg.data.seq_len):
         raise CommandError(
             f"{where}: max_position_embeddings {t.max_position_embeddings} < data.seq_len "
